@@ -1,0 +1,223 @@
+"""Swap e2cnn/escnn ``EquivariantModule``s for plain-torch modules, keeping their field types.
+
+Each leaf equivariant module becomes a ``Swapped`` wrapper that takes and returns the
+library's ``GeometricTensor`` but computes with plain torch ops, so the user's own
+``forward`` (residual adds, ``.tensor``, torch heads) runs unchanged and ``torch.export``
+sees a plain graph. We build the plain modules ourselves where the libraries' ``export()``
+loses information (PointwiseMaxPool ``ceil_mode``, escnn R2Conv ``padding_mode``) or leaves
+a library class behind (``GroupPooling`` -> e2cnn ``MaxPoolChannels``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from eqdeploy.errors import EqdeployError
+
+FRAMEWORKS = ("e2cnn", "escnn")
+_CONTAINERS = {"SequentialModule", "ModuleList", "ModuleDict"}
+
+# Modules we cannot turn into plain ops, with what the user should use instead.
+_UNSUPPORTED = {
+    "NormNonLinearity": "use regular fields with ReLU (pointwise nonlinearities export exactly)",
+    "NormBatchNorm": "use InnerBatchNorm on regular fields",
+    "GNormBatchNorm": "use InnerBatchNorm on regular fields",
+    "InducedNormBatchNorm": "use InnerBatchNorm on regular fields",
+    "IIDBatchNorm2d": "use InnerBatchNorm on regular fields",
+    "GatedNonLinearity1": "use regular fields with ReLU",
+    "GatedNonLinearity2": "use regular fields with ReLU",
+    "InducedGatedNonLinearity1": "use regular fields with ReLU",
+    "NormPool": "use GroupPooling on regular fields",
+    "InducedNormPool": "use GroupPooling on regular fields",
+    "ConcatenatedNonLinearity": "use regular fields with ReLU",
+    "RestrictionModule": "convert the restricted model as its own group (one group per model)",
+    "DisentangleModule": "use regular fields, which need no change of basis",
+    "TensorProductModule": "use regular fields with ReLU",
+    "FourierPointwise": "use regular fields with ReLU",
+    "FourierELU": "use regular fields with ELU",
+    "QuotientFourierPointwise": "use regular fields with ReLU",
+    "QuotientFourierELU": "use regular fields with ELU",
+}
+
+
+def framework_of(module: nn.Module) -> str | None:
+    """'e2cnn' or 'escnn' if ``module`` is an equivariant module of that library."""
+    root = type(module).__module__.split(".")[0]
+    if root in FRAMEWORKS and hasattr(module, "in_type") and hasattr(module, "out_type"):
+        return root
+    return None
+
+
+class Swapped(nn.Module):
+    """Plain-torch stand-in for one equivariant module: GeometricTensor in, GeometricTensor out."""
+
+    def __init__(self, plain: nn.Module, in_type, out_type, source: str) -> None:
+        super().__init__()
+        self.plain = plain
+        self.in_type = in_type
+        self.out_type = out_type
+        self.source = source  # class name of the swapped module, for reports
+
+    def forward(self, x):
+        return type(x)(self.plain(x.tensor), self.out_type)
+
+    def extra_repr(self) -> str:
+        return f"source={self.source}"
+
+
+class GroupMaxPool(nn.Module):
+    """Max over the channels of each field (fields of equal size, contiguous)."""
+
+    def __init__(self, field_size: int) -> None:
+        super().__init__()
+        self.field_size = field_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        return x.reshape(b, c // self.field_size, self.field_size, *x.shape[2:]).amax(2)
+
+
+class FixedDepthwiseConv(nn.Conv2d):
+    """A depthwise conv with a fixed filter (the antialiasing blur of e2cnn/escnn pools)."""
+
+    def __init__(self, channels: int, filt: torch.Tensor, stride, padding) -> None:
+        k = filt.shape[-2:]
+        super().__init__(channels, channels, k, stride=stride, padding=padding, groups=channels,
+                         bias=False)
+        with torch.no_grad():
+            self.weight.copy_(filt.detach().reshape(-1, 1, *k).expand(channels, 1, *k))
+        self.weight.requires_grad_(False)
+
+
+def _r2conv(m) -> nn.Module:
+    m.eval()  # expands the basis into m.filter / m.expanded_bias
+    conv = nn.Conv2d(m.in_type.size, m.out_type.size, m.kernel_size, stride=m.stride,
+                     padding=m.padding, dilation=m.dilation, groups=m.groups,
+                     bias=m.bias is not None, padding_mode=getattr(m, "padding_mode", "zeros"))
+    with torch.no_grad():
+        conv.weight.copy_(m.filter.detach())
+        if m.bias is not None:
+            conv.bias.copy_(m.expanded_bias.detach())
+    return conv
+
+
+def _inner_bn(m) -> nn.Module:
+    if not m.track_running_stats:
+        raise _Unsupported("it has no running statistics",
+                           "build it with track_running_stats=True and retrain")
+    try:
+        return m.export()
+    except NotImplementedError as e:
+        raise _Unsupported("its fields are not contiguous by type",
+                           "group fields of one type together") from e
+
+
+def _max_pool(m) -> nn.Module:
+    return nn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation,
+                        ceil_mode=bool(getattr(m, "ceil_mode", False)))
+
+
+def _avg_pool(m) -> nn.Module:
+    return nn.AvgPool2d(m.kernel_size, m.stride, m.padding,
+                        ceil_mode=bool(getattr(m, "ceil_mode", False)))
+
+
+def _antialiased(m) -> nn.Module:
+    size = m.in_type.size
+    blur = FixedDepthwiseConv(size, m.filter, m.stride, getattr(m, "_pad", m.padding))
+    if "Max" in type(m).__name__:
+        return nn.Sequential(nn.MaxPool2d(m.kernel_size, 1, m.padding, m.dilation,
+                                          ceil_mode=bool(getattr(m, "ceil_mode", False))), blur)
+    return blur
+
+
+def _group_pooling(m) -> nn.Module:
+    sizes = {r.size for r in m.in_type.representations}
+    if len(sizes) != 1:
+        raise _Unsupported("its fields have different sizes",
+                           "pool fields of one size per GroupPooling module")
+    return GroupMaxPool(sizes.pop())
+
+
+def _pointwise(m) -> nn.Module:
+    fn = getattr(m, "_function", None)
+    table = {F.relu: nn.ReLU, F.elu: nn.ELU, F.sigmoid: nn.Sigmoid, F.tanh: nn.Tanh,
+             torch.sigmoid: nn.Sigmoid, torch.tanh: nn.Tanh, torch.relu: nn.ReLU}
+    if fn not in table:
+        raise _Unsupported(f"its function {getattr(fn, '__name__', fn)!r} has no plain "
+                           "equivalent", "use p_relu, p_elu, p_sigmoid or p_tanh")
+    return table[fn]()
+
+
+_BUILDERS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "R2Conv": _r2conv,
+    "InnerBatchNorm": _inner_bn,
+    "PointwiseMaxPool": _max_pool,
+    "PointwiseMaxPool2D": _max_pool,
+    "PointwiseAvgPool": _avg_pool,
+    "PointwiseAvgPool2D": _avg_pool,
+    "PointwiseMaxPoolAntialiased": _antialiased,
+    "PointwiseMaxPoolAntialiased2D": _antialiased,
+    "PointwiseAvgPoolAntialiased": _antialiased,
+    "PointwiseAvgPoolAntialiased2D": _antialiased,
+    "PointwiseAdaptiveAvgPool": lambda m: nn.AdaptiveAvgPool2d(m.output_size),
+    "PointwiseAdaptiveAvgPool2D": lambda m: nn.AdaptiveAvgPool2d(m.output_size),
+    "PointwiseAdaptiveMaxPool": lambda m: nn.AdaptiveMaxPool2d(m.output_size),
+    "PointwiseAdaptiveMaxPool2D": lambda m: nn.AdaptiveMaxPool2d(m.output_size),
+    "GroupPooling": _group_pooling,
+    "ReLU": lambda m: nn.ReLU(),
+    "ELU": lambda m: nn.ELU(m.alpha),
+    "PointwiseNonLinearity": _pointwise,
+    "PointwiseDropout": lambda m: nn.Identity(),
+    "FieldDropout": lambda m: nn.Identity(),
+    "IdentityModule": lambda m: nn.Identity(),
+}
+
+
+class _Unsupported(Exception):
+    def __init__(self, why: str, fix: str) -> None:
+        self.why, self.fix = why, fix
+
+
+def plain_equivalent(module: nn.Module, path: str) -> nn.Module:
+    """A plain-torch module computing what ``module`` computes in eval mode."""
+    name = type(module).__name__
+    where = f"{name} at '{path or '<model>'}'"
+    if name in _UNSUPPORTED:
+        raise EqdeployError(f"unsupported module {where}: it acts inside non-permutation "
+                            "fields, which no plain conv graph reproduces", _UNSUPPORTED[name])
+    builder = _BUILDERS.get(name)
+    if builder is None:
+        raise EqdeployError(f"unsupported module {where}: eqdeploy has no plain equivalent",
+                            f"use one of {sorted(_BUILDERS)} or open an issue")
+    try:
+        return builder(module).eval()
+    except _Unsupported as e:
+        raise EqdeployError(f"cannot convert {where}: {e.why}", e.fix) from None
+
+
+def swap_equivariant_modules(model: nn.Module) -> dict[str, Swapped]:
+    """Replace every leaf equivariant module of ``model`` in place; returns them by path."""
+    swapped: dict[str, Swapped] = {}
+
+    def visit(parent: nn.Module, prefix: str) -> None:
+        for name, child in list(parent.named_children()):
+            path = f"{prefix}{name}"
+            if framework_of(child) and type(child).__name__ not in _CONTAINERS:
+                new = Swapped(plain_equivalent(child, path), child.in_type, child.out_type,
+                              type(child).__name__)
+                setattr(parent, name, new) if not isinstance(parent, nn.ModuleList) \
+                    else parent.__setitem__(int(name), new)
+                swapped[path] = new
+            else:
+                visit(child, path + ".")
+
+    if framework_of(model) and type(model).__name__ not in _CONTAINERS:
+        raise EqdeployError("the model is a single equivariant layer",
+                            "wrap it in a SequentialModule or an nn.Module")
+    visit(model, "")
+    return swapped

@@ -1,0 +1,153 @@
+"""Export stage: an e2cnn/escnn model -> a plain aten graph (``PlainModel``) + SymmetrySpec.
+
+Every leaf equivariant module is swapped for its plain-torch equivalent (adapters), the
+user's whole ``forward`` is captured by ``torch.export``, and every tensor of the graph is
+given the field layout of the module that produced it. Later stages see only this value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from eqdeploy.adapters import e2cnn_compat
+from eqdeploy.adapters.field_types import group_of, layout_of
+from eqdeploy.adapters.geometric import Swapped, framework_of, swap_equivariant_modules
+from eqdeploy.errors import EqdeployError
+from eqdeploy.graph_layouts import assign_layouts, output_node
+from eqdeploy.spec import Layout, SymmetrySpec, trivial_layout
+
+
+@dataclass
+class PlainModel:
+    """A plain conv network (aten graph) and how the group acts on its tensors."""
+
+    program: torch.export.ExportedProgram
+    spec: SymmetrySpec
+    example: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+    def module(self) -> nn.Module:
+        """The graph as a runnable module (parameters as attributes)."""
+        return self.program.module()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program.module()(x)
+
+
+class _TensorOutput(nn.Module):
+    """Runs the user's model and unwraps a GeometricTensor output to its tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.model(x)
+        return y.tensor if hasattr(y, "tensor") and hasattr(y, "type") else y
+
+
+def detect_framework(model: nn.Module) -> str | None:
+    """'e2cnn' / 'escnn' if the model contains equivariant modules of that library."""
+    found = {framework_of(m) for m in model.modules()} - {None}
+    if len(found) > 1:
+        raise EqdeployError("the model mixes e2cnn and escnn modules",
+                            "build it with one library")
+    return found.pop() if found else None
+
+
+def _trace_types(model: nn.Module, swapped: dict[str, Swapped], example: torch.Tensor):
+    """Run once to find the input field type and the output value's field type."""
+    calls: list[Swapped] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args: calls.append(mod))
+             for m in swapped.values()]
+    try:
+        with torch.no_grad():
+            y = model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not calls:
+        raise EqdeployError("the model's forward never calls an equivariant module",
+                            "check that forward wraps its input in a GeometricTensor")
+    out_type = y.type if hasattr(y, "tensor") and hasattr(y, "type") else None
+    return calls[0].in_type, out_type
+
+
+def export_equivariant(model: nn.Module, example: torch.Tensor,
+                       group_name: str | None = None) -> PlainModel:
+    """Export ``model`` (e2cnn or escnn, eval mode) traced at ``example``'s shape."""
+    framework = detect_framework(model)
+    if framework is None:
+        raise EqdeployError("the model has no e2cnn/escnn modules, so eqdeploy cannot read its "
+                            "field types", "plain-PyTorch group convs need orbit discovery, "
+                            "which this version does not have yet; build the model with e2cnn "
+                            "or escnn")
+    if framework == "e2cnn":
+        e2cnn_compat.install()
+    trainable = sum(p.numel() for p in model.parameters())
+    with contextlib.suppress(Exception):  # the swap is in place: keep the caller's model
+        model = copy.deepcopy(model)
+    model.eval()
+    swapped = swap_equivariant_modules(model)
+    in_type, out_type = _trace_types(model, swapped, example)
+    group = group_of(in_type.gspace)
+    if group_name and group_name.strip().upper() != group.name:
+        raise EqdeployError(f"--group {group_name} does not match the model's group "
+                            f"{group.name}", f"pass --group {group.name} or omit --group")
+    if example.shape[1] != in_type.size:
+        raise EqdeployError(f"input has {example.shape[1]} channels but the model's input "
+                            f"field type has {in_type.size}",
+                            f"pass --input-shape N,{in_type.size},H,W")
+
+    wrapper = _TensorOutput(model).eval()
+    t0 = time.perf_counter()
+    try:
+        # batch is dynamic in the graph (2 in the trace: torch.export specializes size 1);
+        # targets fix it again to the requested batch size.
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        traced = example.repeat(2, 1, 1, 1)[: max(2, example.shape[0])]
+        program = torch.export.export(wrapper, (traced,), dynamic_shapes=({0: batch},))
+    except Exception as e:  # noqa: BLE001 - torch.export raises many types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EqdeployError(f"torch.export failed on the model's forward ({first[:200]})",
+                            "keep forward free of data-dependent Python control flow") from e
+    export_s = time.perf_counter() - t0
+
+    reps: dict = {}
+    input_layout = layout_of(in_type, group, reps)
+    module_types = {f"model.{p}": (layout_of(m.in_type, group, reps),
+                                   layout_of(m.out_type, group, reps))
+                    for p, m in swapped.items()}
+
+    def invariant(lay: Layout) -> bool:
+        return all(reps[r].kind == "trivial" for _, r in lay.fields)
+
+    def trivial(channels: int, spatial: bool) -> Layout:
+        return trivial_layout(reps, group, channels, spatial)
+
+    gm = program.graph_module
+    user_input = program.graph_signature.user_inputs[0]
+    layouts = assign_layouts(gm, user_input, input_layout, module_types, invariant, trivial)
+    out = output_node(gm)
+    info = {"framework": framework, "export_seconds": round(export_s, 3),
+            "trainable_parameters": int(trainable),
+            "deployed_parameters": int(sum(p.numel() for p in program.state_dict.values())),
+            "swapped_modules": {p: m.source for p, m in swapped.items()},
+            "input_shape": list(example.shape)}
+    if out_type is not None:
+        output_layout = layout_of(out_type, group, reps)
+    elif out.name in layouts:
+        output_layout = layouts[out.name]
+    else:
+        shape = tuple(out.meta["val"].shape)
+        output_layout = trivial(shape[1], len(shape) == 4)
+        info["output_action"] = "assumed invariant (the head is not traceable to field types)"
+    spec = SymmetrySpec(group, reps, input_layout, output_layout, layouts, info={})
+    spec.validate()
+    return PlainModel(program, spec, example, info)

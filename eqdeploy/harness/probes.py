@@ -1,0 +1,140 @@
+"""Probe inputs for ``bench``: a given ``.npz``, else the one bundled with the artifact, else noise.
+
+A probe file is an ``.npz`` with ``inputs`` (float, ``(N, C, H, W)``: the model's float input,
+before any quantization), optionally ``reference`` (the FP32 source model's outputs for them)
+and ``labels`` (int, ``(N,)``). ``eqdeploy convert`` writes ``<artifact>.probes.npz``.
+Synthetic probes (seeded normal noise) are the last resort and are labelled as such.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from eqdeploy.errors import EqdeployError
+
+PROBES_SUFFIX = ".probes.npz"
+SYNTHETIC_COUNT = 16
+SYNTHETIC_SEED = 0
+
+
+@dataclass
+class Probes:
+    inputs: np.ndarray  # float32 (N, ...)
+    reference: np.ndarray | None  # FP32 source-model outputs for ``inputs``
+    labels: np.ndarray | None  # int64 (N,)
+    source: str  # "file" | "bundled" | "synthetic"
+    path: str | None
+    seed: int | None = None
+
+    def describe(self) -> dict:
+        d = {"source": self.source, "path": self.path, "count": int(len(self.inputs)),
+             "shape": list(self.inputs.shape), "has_reference": self.reference is not None,
+             "has_labels": self.labels is not None}
+        if self.source == "synthetic":
+            d["seed"] = self.seed
+            d["note"] = ("synthetic probes (seeded normal noise): equivariance is measured off "
+                         "the data distribution; no fidelity or accuracy")
+        return d
+
+
+def bundled_probes_path(artifact: str | Path) -> Path:
+    return Path(f"{artifact}{PROBES_SUFFIX}")
+
+
+def _shape_str(shape: tuple[int, ...]) -> str:
+    return "(N, " + ", ".join(str(s) for s in shape[1:]) + ")"
+
+
+def _load_arrays(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise EqdeployError(f"probe file {path} does not exist",
+                            "pass an .npz with an 'inputs' array, or omit --probes")
+    try:
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.ndarray):  # a plain .npy: inputs only
+            return {"inputs": data}
+        with data:
+            return {k: data[k] for k in data.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise EqdeployError(f"{path} is not a readable .npz file ({str(e).splitlines()[0]})",
+                            "write it with numpy.savez(path, inputs=..., reference=...)"
+                            ) from None
+
+
+def _check_labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
+    if labels.ndim != 1 or len(labels) != n or not np.issubdtype(labels.dtype, np.integer):
+        raise EqdeployError(f"{where}: labels have shape {labels.shape} and dtype {labels.dtype}, "
+                            f"expected integer ({n},)", "give one integer class per probe input")
+    return labels.astype(np.int64)
+
+
+def load_labels(path: str | Path, n: int) -> np.ndarray:
+    """Labels from a ``.npy`` (or an ``.npz`` with ``labels``), checked against ``n`` probes."""
+    path = Path(path)
+    arrays = _load_arrays(path)
+    labels = arrays.get("labels", arrays.get("inputs"))
+    if labels is None:
+        raise EqdeployError(f"{path} has no 'labels' array", "save the labels with numpy.save")
+    return _check_labels(labels, n, str(path))
+
+
+def validate(arrays: dict[str, np.ndarray], input_shape: tuple[int, ...], where: str
+             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Check a probe file's arrays against the artifact's input shape; returns them cast."""
+    if "inputs" not in arrays:
+        raise EqdeployError(f"{where} has no 'inputs' array (found: {sorted(arrays) or 'none'})",
+                            "save the probe inputs as 'inputs' with shape "
+                            f"{_shape_str(input_shape)}")
+    x = arrays["inputs"]
+    if (x.ndim != len(input_shape) or tuple(x.shape[1:]) != tuple(input_shape[1:])
+            or len(x) == 0):
+        raise EqdeployError(f"{where}: 'inputs' has shape {tuple(x.shape)}, expected "
+                            f"{_shape_str(input_shape)} with N >= 1",
+                            "give probes at the artifact's input size")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise EqdeployError(f"{where}: 'inputs' has dtype {x.dtype}, expected float32",
+                            "store the model's float input (before quantization)")
+    if not np.isfinite(x).all():
+        raise EqdeployError(f"{where}: 'inputs' contains NaN or inf", "give finite probe inputs")
+    ref = arrays.get("reference")
+    if ref is not None and (ref.ndim < 1 or len(ref) != len(x)
+                            or not np.issubdtype(ref.dtype, np.floating)):
+        raise EqdeployError(f"{where}: 'reference' has shape {tuple(ref.shape)} and dtype "
+                            f"{ref.dtype}, expected float ({len(x)}, ...)",
+                            "store one FP32 output per probe input")
+    labels = arrays.get("labels")
+    if labels is not None:
+        labels = _check_labels(labels, len(x), where)
+    return (x.astype(np.float32), None if ref is None else ref.astype(np.float32), labels)
+
+
+def synthetic_probes(input_shape: tuple[int, ...], count: int = SYNTHETIC_COUNT,
+                     seed: int = SYNTHETIC_SEED) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((count, *input_shape[1:])).astype(np.float32)
+
+
+def load_probes(artifact: str | Path, input_shape: tuple[int, ...],
+                probes_path: str | Path | None = None, labels_path: str | Path | None = None
+                ) -> Probes:
+    """``probes_path``, else the bundled ``<artifact>.probes.npz``, else synthetic noise."""
+    if probes_path is not None:
+        path, source = Path(probes_path), "file"
+    elif bundled_probes_path(artifact).is_file():
+        path, source = bundled_probes_path(artifact), "bundled"
+    else:
+        path, source = None, "synthetic"
+    if path is None:
+        if labels_path is not None:
+            bundled = bundled_probes_path(artifact).name
+            raise EqdeployError("--labels needs probe inputs to label, but none were found",
+                                f"pass --probes FILE.npz or keep {bundled} beside the artifact")
+        return Probes(synthetic_probes(input_shape), None, None, source, None, SYNTHETIC_SEED)
+    x, ref, labels = validate(_load_arrays(path), input_shape, str(path))
+    if labels_path is not None:
+        labels = load_labels(labels_path, len(x))
+    return Probes(x, ref, labels, source, str(path))

@@ -1,0 +1,136 @@
+"""Small reference models built with e2cnn: the shapes users deploy, kept fast for tests.
+
+- ``c4_cnn``: C4 regular fields, two stride-2 max pools, group pooling, 1x1 invariant head.
+- ``c8_residual``: C8 with a residual block and a torch ``Linear`` head after group pooling.
+- ``d4_cnn``: D4 (rotations and flips), antialiasing-free strided conv, group pooling.
+Aligned (exact) input sizes: 29 for ``c4_cnn`` and ``d4_cnn``, 33 for ``c8_residual``.
+Factories take no required arguments so they work with ``--arch module:factory``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from eqdeploy.adapters import e2cnn_compat
+
+e2cnn_compat.install()
+
+from e2cnn import gspaces  # noqa: E402
+from e2cnn import nn as enn  # noqa: E402
+
+
+def _block(cin, cout, k, padding, stride=1):
+    return [enn.R2Conv(cin, cout, k, padding=padding, stride=stride, bias=False),
+            enn.InnerBatchNorm(cout), enn.ReLU(cout, inplace=True)]
+
+
+class C4CNN(nn.Module):
+    """C4-invariant classifier for 1-channel images (e.g. rotated MNIST at 29x29)."""
+
+    def __init__(self, channels: int = 1, classes: int = 10, width: int = 6) -> None:
+        super().__init__()
+        gs = gspaces.Rot2dOnR2(4)
+        self.input_type = enn.FieldType(gs, channels * [gs.trivial_repr])
+        f1 = enn.FieldType(gs, width * [gs.regular_repr])
+        f2 = enn.FieldType(gs, 2 * width * [gs.regular_repr])
+        self.features = enn.SequentialModule(
+            *_block(self.input_type, f1, 5, 2),
+            enn.PointwiseMaxPool(f1, 3, 2, padding=1),
+            *_block(f1, f2, 3, 1),
+            enn.PointwiseMaxPool(f2, 3, 2, padding=1),
+            *_block(f2, f2, 3, 1),
+        )
+        self.gpool = enn.GroupPooling(f2)
+        pooled = self.gpool.out_type
+        self.head = enn.R2Conv(pooled, enn.FieldType(gs, classes * [gs.trivial_repr]), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = enn.GeometricTensor(x, self.input_type)
+        x = self.gpool(self.features(x))
+        return self.head(x).tensor.mean(dim=(2, 3))
+
+
+class C8Residual(nn.Module):
+    """C8 net with a residual block (user-written add) and a torch Linear head (33x33)."""
+
+    def __init__(self, channels: int = 1, classes: int = 10, width: int = 4) -> None:
+        super().__init__()
+        gs = gspaces.Rot2dOnR2(8)
+        self.input_type = enn.FieldType(gs, channels * [gs.trivial_repr])
+        f = enn.FieldType(gs, width * [gs.regular_repr])
+        self.stem = enn.SequentialModule(*_block(self.input_type, f, 5, 2))
+        self.down = enn.SequentialModule(*_block(f, f, 3, 1, stride=2))
+        self.res = enn.SequentialModule(*_block(f, f, 3, 1)[:2], enn.ReLU(f),
+                                        enn.R2Conv(f, f, 3, padding=1, bias=False),
+                                        enn.InnerBatchNorm(f))
+        self.relu = enn.ReLU(f)
+        self.pool = enn.PointwiseMaxPool(f, 3, 2, padding=1, ceil_mode=True)
+        self.gpool = enn.GroupPooling(f)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = enn.GeometricTensor(x, self.input_type)
+        x = self.down(self.stem(x))
+        x = self.relu(x + self.res(x))
+        x = self.gpool(self.pool(x)).tensor
+        return self.head(torch.flatten(x.mean(dim=(2, 3), keepdim=True), 1))
+
+
+class D4CNN(nn.Module):
+    """D4-invariant classifier (rotations and mirror images), 29x29 inputs."""
+
+    def __init__(self, channels: int = 1, classes: int = 10, width: int = 4) -> None:
+        super().__init__()
+        gs = gspaces.FlipRot2dOnR2(4)
+        self.input_type = enn.FieldType(gs, channels * [gs.trivial_repr])
+        f1 = enn.FieldType(gs, width * [gs.regular_repr])
+        f2 = enn.FieldType(gs, 2 * width * [gs.regular_repr])
+        self.features = enn.SequentialModule(
+            *_block(self.input_type, f1, 5, 2),
+            *_block(f1, f2, 3, 1, stride=2),
+            enn.PointwiseAvgPool(f2, 3, 2, padding=1),
+            *_block(f2, f2, 3, 1),
+            enn.GroupPooling(f2),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(enn.GeometricTensor(x, self.input_type)).tensor
+        return self.head(x.mean(dim=(2, 3), keepdim=True))
+
+
+def settle_batchnorm(model: nn.Module, shape: tuple[int, ...], batches: int = 4,
+                     seed: int = 0) -> nn.Module:
+    """Give BN layers non-trivial running statistics (as after training), then eval()."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # cumulative average
+            with torch.no_grad():
+                if m.affine:
+                    m.weight.uniform_(0.5, 1.5, generator=gen)
+                    m.bias.uniform_(-0.2, 0.2, generator=gen)
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn(*shape, generator=gen) + 0.5)
+    return model.eval()
+
+
+EXACT_SIZES = {"c4_cnn": 29, "c8_residual": 33, "d4_cnn": 29}
+
+
+def c4_cnn() -> C4CNN:
+    torch.manual_seed(0)
+    return settle_batchnorm(C4CNN(), (8, 1, 29, 29))
+
+
+def c8_residual() -> C8Residual:
+    torch.manual_seed(1)
+    return settle_batchnorm(C8Residual(), (8, 1, 33, 33))
+
+
+def d4_cnn() -> D4CNN:
+    torch.manual_seed(2)
+    return settle_batchnorm(D4CNN(), (8, 1, 29, 29))

@@ -1,0 +1,198 @@
+"""``eqdeploy check``: compare a report with budgets (a target profile's ``[budgets]``) for CI.
+
+Each report schema has a small function that maps it to the metrics budgets name
+(``METRIC_EXTRACTORS``); a metric missing from the report fails its budget, so a gate
+never passes on data that was not measured. stdlib only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from eqdeploy.errors import EqdeployError
+
+# budget key -> (metric, "max" = value must be <= budget | "min" = value must be >= budget)
+BUDGETS: dict[str, tuple[str, str]] = {
+    "max_equivariance_error": ("equivariance_error", "max"),
+    "max_changed_outputs": ("changed_outputs", "max"),
+    "min_top1_agreement": ("top1_agreement", "min"),
+    "min_orbit_top1_agreement": ("orbit_top1_agreement", "min"),
+    "max_p50_ms": ("p50_ms", "max"),
+    "max_p99_ms": ("p99_ms", "max"),
+    "max_size_bytes": ("size_bytes", "max"),
+}
+INTEGER_BUDGETS = ("max_changed_outputs", "max_size_bytes")
+FRACTION_BUDGETS = ("min_top1_agreement", "min_orbit_top1_agreement")
+
+
+class BudgetRow(NamedTuple):
+    name: str  # budget key, e.g. "max_p50_ms"
+    value: float | int | None  # measured; None when the report lacks it (fails)
+    budget: float | int
+    ok: bool
+
+
+# --- metric extraction, one small function per report schema -------------------------------
+def _bench_metrics(r: dict) -> dict[str, Any]:
+    """``eqdeploy.bench`` v1 (see bench_schema.md)."""
+    eq = r["equivariance"]["summary"] or {}
+    fid = r.get("fidelity") or {}
+    return {
+        "equivariance_error": eq.get("rel_err_max"),
+        "changed_outputs": eq.get("changed_max"),
+        "top1_agreement": fid.get("top1_agreement"),
+        "orbit_top1_agreement": eq.get("top1_agreement_min"),
+        "p50_ms": r["latency"]["p50_ms"],
+        "p99_ms": r["latency"]["p99_ms"],
+        "size_bytes": r["artifact"]["size_bytes"],
+    }
+
+
+# schema -> (supported versions, extractor). The convert report is added by its author.
+METRIC_EXTRACTORS: dict[str, tuple[tuple[int, ...], Callable[[dict], dict[str, Any]]]] = {
+    "eqdeploy.bench": ((1,), _bench_metrics),
+}
+
+
+def report_metrics(report: Any, where: str = "report") -> dict[str, Any]:
+    """The budget metrics of a report dict of any supported schema."""
+    if not isinstance(report, dict) or "schema" not in report:
+        raise EqdeployError(f"{where} is not an eqdeploy report (no 'schema' key)",
+                            "pass the JSON written by 'eqdeploy bench --json' or 'convert'")
+    schema, version = report["schema"], report.get("version")
+    if schema not in METRIC_EXTRACTORS:
+        raise EqdeployError(f"{where} has schema {schema!r}, which check does not read",
+                            f"pass a report of schema {' or '.join(sorted(METRIC_EXTRACTORS))}")
+    versions, extract = METRIC_EXTRACTORS[schema]
+    if version not in versions:
+        raise EqdeployError(f"{where}: {schema} version {version!r} is not supported",
+                            f"this eqdeploy reads version {versions}; upgrade eqdeploy")
+    try:
+        metrics = extract(report)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        raise EqdeployError(f"{where} is a malformed {schema} report ({type(e).__name__}: {e})",
+                            "regenerate it with the same eqdeploy version") from None
+    for name, value in metrics.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise EqdeployError(f"{where} is a malformed {schema} report ({name} = {value!r} is "
+                                "not a number)", "regenerate it with the same eqdeploy version")
+    return metrics
+
+
+# --- budgets -----------------------------------------------------------------------------
+def validate_budgets(budgets: Any, where: str = "budgets") -> dict[str, float | int]:
+    """Known keys only, non-negative finite numbers, integers and fractions where due."""
+    if not isinstance(budgets, dict):
+        raise EqdeployError(f"{where} is not a table of budgets", "see targets/README.md")
+    out: dict[str, float | int] = {}
+    for key, value in budgets.items():
+        if key not in BUDGETS:
+            raise EqdeployError(f"{where}: unknown budget {key!r}",
+                                f"use one of {', '.join(BUDGETS)}")
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or value < 0):
+            raise EqdeployError(f"{where}: budget {key} = {value!r} is not a non-negative number",
+                                "give a number, e.g. max_p50_ms = 25.0")
+        if key in INTEGER_BUDGETS and value != int(value):
+            raise EqdeployError(f"{where}: budget {key} = {value!r} is not a whole number",
+                                "give an integer")
+        if key in FRACTION_BUDGETS and value > 1:
+            raise EqdeployError(f"{where}: budget {key} = {value!r} is above 1",
+                                "give a fraction, e.g. 0.99")
+        out[key] = int(value) if key in INTEGER_BUDGETS else float(value)
+    return out
+
+
+def _toml():
+    try:
+        import tomllib  # Python >= 3.11
+
+        return tomllib
+    except ImportError:
+        pass
+    try:
+        import tomli
+
+        return tomli
+    except ImportError:
+        raise EqdeployError("reading a TOML profile needs Python 3.11+ or tomli",
+                            "pip install tomli, or give the budgets as --max-... options"
+                            ) from None
+
+
+def load_profile(path: str | Path) -> dict:
+    """A target profile (TOML) as a dict; one-line errors for missing or invalid files."""
+    path = Path(path)
+    if not path.is_file() and not path.suffix and Path("targets", f"{path}.toml").is_file():
+        path = Path("targets", f"{path}.toml")  # a bare profile name
+    if not path.is_file():
+        raise EqdeployError(f"budget file {path} does not exist",
+                            "pass one of the profiles in targets/, e.g. targets/x86-ci.toml")
+    toml = _toml()
+    try:
+        return toml.loads(path.read_text(encoding="utf-8"))
+    except (toml.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise EqdeployError(f"{path} is not valid TOML ({str(e).splitlines()[0]})",
+                            "fix the file; see targets/README.md") from None
+
+
+def load_budgets(path: str | Path) -> dict[str, float | int]:
+    """The ``[budgets]`` table of a target profile, validated."""
+    profile = load_profile(path)
+    if "budgets" not in profile:
+        raise EqdeployError(f"{path} has no [budgets] table", "see targets/README.md")
+    return validate_budgets(profile["budgets"], f"{path} [budgets]")
+
+
+def load_report(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise EqdeployError(f"report {path} does not exist",
+                            "write one with 'eqdeploy bench ARTIFACT --json REPORT'")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise EqdeployError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})",
+                            "regenerate it with 'eqdeploy bench --json'") from None
+    except UnicodeDecodeError:
+        raise EqdeployError(f"{path} is not a text file", "pass the JSON report") from None
+    report_metrics(report, str(path))  # validates schema and shape
+    return report
+
+
+# --- the check ---------------------------------------------------------------------------
+def check_report(report: dict, budgets: dict, where: str = "report") -> list[BudgetRow]:
+    """One row per budget: measured value, budget, whether it holds (missing value: fails)."""
+    metrics = report_metrics(report, where)
+    rows = []
+    for key, budget in validate_budgets(budgets).items():
+        metric, direction = BUDGETS[key]
+        value = metrics.get(metric)
+        ok = value is not None and (value <= budget if direction == "max" else value >= budget)
+        rows.append(BudgetRow(key, value, budget, bool(ok)))
+    return rows
+
+
+def _fmt(v: float | int | None) -> str:
+    if v is None:
+        return "missing"
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:.4g}"
+
+
+def format_table(rows: list[BudgetRow]) -> str:
+    """A plain-text table of the rows; missing values say so."""
+    head = ("budget", "value", "limit", "result")
+    body = [(r.name, _fmt(r.value),
+             ("<= " if BUDGETS[r.name][1] == "max" else ">= ") + _fmt(r.budget),
+             "ok" if r.ok else ("FAIL (not in report)" if r.value is None else "FAIL"))
+            for r in rows]
+    widths = [max(len(x[i]) for x in (head, *body)) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+             for line in (head, tuple("-" * w for w in widths), *body)]
+    return "\n".join(lines)

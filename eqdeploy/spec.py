@@ -1,0 +1,175 @@
+"""SymmetrySpec: how the group acts on the input, the output and every intermediate tensor.
+
+The value every stage after export passes along, serialized as versioned JSON into the
+artifacts (ONNX ``metadata_props``, TFLite metadata) and a sidecar file. numpy only.
+
+A tensor's layout is a list of fields ``(start, representation)``; a representation is
+named once and carries, per group element, the channel permutation it induces when it is
+a permutation representation (regular, quotient, trivial), else ``None`` (irreps).
+The action of an exact element g on a tensor is ``spatial_g(x)[:, perm_g]``, where
+``perm_g[j]`` is the input channel that output channel j takes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from eqdeploy.errors import EqdeployError
+from eqdeploy.groups import Element, Group, apply_pixel_action
+
+SCHEMA = "eqdeploy.symmetry"
+SCHEMA_VERSION = 1
+KINDS = ("trivial", "regular", "quotient", "irrep", "other")
+
+
+@dataclass(frozen=True)
+class Representation:
+    """A field type: size, kind and, for permutation representations, one perm per element."""
+
+    name: str
+    size: int
+    kind: str
+    perms: dict[str, tuple[int, ...]] | None  # element name -> permutation, None if not one
+
+    @property
+    def is_permutation(self) -> bool:
+        return self.perms is not None
+
+    def to_json(self) -> dict:
+        perms = None if self.perms is None else {k: list(v) for k, v in self.perms.items()}
+        return {"size": self.size, "kind": self.kind, "perms": perms}
+
+    @classmethod
+    def from_json(cls, name: str, d: dict) -> Representation:
+        perms = d.get("perms")
+        return cls(name, int(d["size"]), d["kind"],
+                   None if perms is None else {k: tuple(v) for k, v in perms.items()})
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Fields of one tensor's channel axis; ``spatial`` says whether it has H, W axes."""
+
+    fields: tuple[tuple[int, str], ...]  # (start channel, representation name)
+    channels: int
+    spatial: bool = True
+
+    def to_json(self) -> dict:
+        return {"channels": self.channels, "spatial": self.spatial,
+                "fields": [list(f) for f in self.fields]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Layout:
+        return cls(tuple((int(s), str(r)) for s, r in d["fields"]), int(d["channels"]),
+                   bool(d.get("spatial", True)))
+
+
+@dataclass
+class SymmetrySpec:
+    """Group, representations and tensor layouts of one exported model."""
+
+    group: Group
+    representations: dict[str, Representation]
+    input: Layout
+    output: Layout
+    tensors: dict[str, Layout] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    # --- actions ---------------------------------------------------------------------------
+    def channel_perm(self, layout: Layout, element: Element) -> np.ndarray | None:
+        """Full channel permutation of ``element`` on ``layout``, None if not a permutation."""
+        perm = np.empty(layout.channels, dtype=np.int64)
+        for start, rname in layout.fields:
+            rep = self.representations[rname]
+            if rep.perms is None:
+                return None
+            perm[start:start + rep.size] = start + np.asarray(rep.perms[element.name])
+        return perm
+
+    def act(self, x: np.ndarray, layout: Layout, element: Element) -> np.ndarray:
+        """Apply an exact element to a batch ``(N, C[, H, W])`` laid out as ``layout``."""
+        perm = self.channel_perm(layout, element)
+        if perm is None:
+            raise ValueError("layout has non-permutation fields; no exact channel action")
+        if layout.spatial:
+            x = apply_pixel_action(x, element)
+        return np.ascontiguousarray(x[:, perm])
+
+    def output_is_invariant(self) -> bool:
+        return all(self.representations[r].kind == "trivial" for _, r in self.output.fields)
+
+    def field_slices(self, layout: Layout) -> list[tuple[int, int]]:
+        """(start, end) channel ranges of the fields of ``layout``."""
+        return [(s, s + self.representations[r].size) for s, r in layout.fields]
+
+    # --- JSON ------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "version": SCHEMA_VERSION,
+            "group": self.group.to_json(),
+            "representations": {k: v.to_json() for k, v in self.representations.items()},
+            "input": self.input.to_json(),
+            "output": self.output.to_json(),
+            "tensors": {k: v.to_json() for k, v in self.tensors.items()},
+            "info": self.info,
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, d: dict) -> SymmetrySpec:
+        if d.get("schema") != SCHEMA:
+            raise EqdeployError("not an eqdeploy symmetry manifest",
+                                "pass an artifact written by 'eqdeploy convert'")
+        if d.get("version") != SCHEMA_VERSION:
+            raise EqdeployError(f"symmetry manifest version {d.get('version')} is not supported",
+                                f"this eqdeploy reads version {SCHEMA_VERSION}; upgrade eqdeploy")
+        reps = {k: Representation.from_json(k, v) for k, v in d["representations"].items()}
+        return cls(Group(d["group"]["name"]), reps, Layout.from_json(d["input"]),
+                   Layout.from_json(d["output"]),
+                   {k: Layout.from_json(v) for k, v in d.get("tensors", {}).items()},
+                   d.get("info", {}))
+
+    @classmethod
+    def loads(cls, text: str | bytes) -> SymmetrySpec:
+        try:
+            return cls.from_json(json.loads(text))
+        except (ValueError, KeyError, TypeError) as e:
+            raise EqdeployError(f"malformed symmetry manifest ({e})",
+                                "re-run 'eqdeploy convert' to regenerate it") from None
+
+    def validate(self) -> None:
+        """Check internal consistency: fields tile each layout, perms are permutations."""
+        names = [e.name for e in self.group.elements]
+        for rep in self.representations.values():
+            if rep.kind not in KINDS:
+                raise EqdeployError(f"representation {rep.name} has unknown kind {rep.kind}")
+            if rep.perms is not None:
+                if sorted(rep.perms) != sorted(names):
+                    raise EqdeployError(f"representation {rep.name} lacks perms for some elements")
+                for p in rep.perms.values():
+                    if sorted(p) != list(range(rep.size)):
+                        raise EqdeployError(f"representation {rep.name} has a non-permutation")
+        for lname, lay in [("input", self.input), ("output", self.output), *self.tensors.items()]:
+            pos = 0
+            for start, rname in lay.fields:
+                if start != pos or rname not in self.representations:
+                    raise EqdeployError(f"layout of {lname} has a gap or unknown field {rname}")
+                pos += self.representations[rname].size
+            if pos != lay.channels:
+                raise EqdeployError(f"layout of {lname} covers {pos} of {lay.channels} channels")
+
+
+def trivial_layout(spec_reps: dict[str, Representation], group: Group, channels: int,
+                   spatial: bool) -> Layout:
+    """A layout of ``channels`` invariant scalars; registers the trivial representation."""
+    if "trivial" not in spec_reps:
+        ident = (0,)
+        spec_reps["trivial"] = Representation("trivial", 1, "trivial",
+                                              {e.name: ident for e in group.elements})
+    return Layout(tuple((i, "trivial") for i in range(channels)), channels, spatial)
