@@ -7,8 +7,6 @@ given the field layout of the module that produced it. Later stages see only thi
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import time
 from dataclasses import dataclass, field
 
@@ -17,7 +15,7 @@ from torch import nn
 
 from eqdeploy.adapters import e2cnn_compat
 from eqdeploy.adapters.field_types import group_of, layout_of
-from eqdeploy.adapters.geometric import Swapped, framework_of, swap_equivariant_modules
+from eqdeploy.adapters.geometric import Swapped, framework_of, swapped_modules
 from eqdeploy.errors import EqdeployError
 from eqdeploy.graph_layouts import assign_layouts, output_node
 from eqdeploy.spec import Layout, SymmetrySpec, trivial_layout
@@ -38,6 +36,11 @@ class PlainModel:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.program.module()(x)
+
+    def static_program(self, batch: int) -> torch.export.ExportedProgram:
+        """The graph re-exported with a fixed batch size, as edge targets want it."""
+        example = self.example[:1].repeat(batch, 1, 1, 1)
+        return torch.export.export(self.module(), (example,))
 
 
 class _TensorOutput(nn.Module):
@@ -91,10 +94,17 @@ def export_equivariant(model: nn.Module, example: torch.Tensor,
     if framework == "e2cnn":
         e2cnn_compat.install()
     trainable = sum(p.numel() for p in model.parameters())
-    with contextlib.suppress(Exception):  # the swap is in place: keep the caller's model
-        model = copy.deepcopy(model)
+    was_training = model.training
     model.eval()
-    swapped = swap_equivariant_modules(model)
+    try:
+        with swapped_modules(model) as swapped:
+            return _export_swapped(model, swapped, example, group_name, framework, trainable)
+    finally:
+        model.train(was_training)
+
+
+def _export_swapped(model: nn.Module, swapped: dict[str, Swapped], example: torch.Tensor,
+                    group_name: str | None, framework: str, trainable: int) -> PlainModel:
     in_type, out_type = _trace_types(model, swapped, example)
     group = group_of(in_type.gspace)
     if group_name and group_name.strip().upper() != group.name:

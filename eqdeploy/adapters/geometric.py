@@ -10,7 +10,8 @@ a library class behind (``GroupPooling`` -> e2cnn ``MaxPoolChannels``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -200,24 +201,33 @@ def plain_equivalent(module: nn.Module, path: str) -> nn.Module:
         raise EqdeployError(f"cannot convert {where}: {e.why}", e.fix) from None
 
 
-def swap_equivariant_modules(model: nn.Module) -> dict[str, Swapped]:
-    """Replace every leaf equivariant module of ``model`` in place; returns them by path."""
-    swapped: dict[str, Swapped] = {}
+@contextlib.contextmanager
+def swapped_modules(model: nn.Module) -> Iterator[dict[str, Swapped]]:
+    """Swap every leaf equivariant module of ``model`` for the duration of the block.
 
-    def visit(parent: nn.Module, prefix: str) -> None:
-        for name, child in list(parent.named_children()):
-            path = f"{prefix}{name}"
-            if framework_of(child) and type(child).__name__ not in _CONTAINERS:
-                new = Swapped(plain_equivalent(child, path), child.in_type, child.out_type,
-                              type(child).__name__)
-                setattr(parent, name, new) if not isinstance(parent, nn.ModuleList) \
-                    else parent.__setitem__(int(name), new)
-                swapped[path] = new
-            else:
-                visit(child, path + ".")
-
+    Yields the swapped modules by path and puts the originals back on exit, so the caller's
+    model is unchanged afterwards (e2cnn/escnn models cannot be deep-copied in eval mode).
+    """
     if framework_of(model) and type(model).__name__ not in _CONTAINERS:
         raise EqdeployError("the model is a single equivariant layer",
                             "wrap it in a SequentialModule or an nn.Module")
+    plan: list[tuple[nn.Module, str, str, nn.Module]] = []
+
+    def visit(parent: nn.Module, prefix: str) -> None:
+        for name, child in parent.named_children():
+            path = f"{prefix}{name}"
+            if framework_of(child) and type(child).__name__ not in _CONTAINERS:
+                plan.append((parent, name, path, child))
+            else:
+                visit(child, path + ".")
+
     visit(model, "")
-    return swapped
+    swapped = {path: Swapped(plain_equivalent(child, path), child.in_type, child.out_type,
+                             type(child).__name__) for _, _, path, child in plan}
+    try:
+        for parent, name, path, _ in plan:
+            parent._modules[name] = swapped[path]
+        yield swapped
+    finally:
+        for parent, name, _, child in plan:
+            parent._modules[name] = child

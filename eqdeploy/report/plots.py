@@ -29,9 +29,17 @@ def write_plots(report: dict, out_dir: str | Path) -> dict:
     if rows:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         names = [r["element"] for r in rows]
-        floor = 1e-12  # bit-exact elements (error 0) still get a visible bar on the log axis
-        ax.bar(names, [max(r["rel_err_max"], floor) for r in rows], label="max", alpha=0.8)
-        ax.bar(names, [max(r["rel_err_mean"], floor) for r in rows], label="mean", alpha=0.8)
+        xs = list(range(len(rows)))
+        floor = 1e-12  # an error of exactly 0 (bit-exact) is drawn at the floor and labelled
+        for off, key in ((-0.2, "rel_err_max"), (0.2, "rel_err_mean")):
+            ax.bar([x + off for x in xs], [max(r[key], floor) for r in rows], width=0.4,
+                   label=key.replace("rel_err_", ""))
+        for x, r in zip(xs, rows, strict=True):
+            text = f"changed {r['changed']}/{r['probes']}" + (" (0 error)" if not r["rel_err_max"]
+                                                              else "")
+            ax.annotate(text, (x, max(r["rel_err_max"], floor)), ha="center", va="bottom",
+                        fontsize=7)
+        ax.set_xticks(xs, names)
         ax.set_yscale("log")
         ax.set_ylabel("relative error ||f(g·x) − ρ(g) f(x)|| / ||f(x)||", fontsize=8)
         ax.set_xlabel("group element")

@@ -1,0 +1,155 @@
+"""The ``eqdeploy`` command line: thin click commands that parse and delegate.
+
+Only click and numpy are imported at module level, so ``bench``/``check``/``verify`` work on a
+device with the base install and one runtime; conversion imports torch lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from eqdeploy import __version__
+from eqdeploy.errors import EqdeployError
+from eqdeploy.harness.cli import bench, check
+
+
+def _fail(e: EqdeployError) -> click.ClickException:
+    return click.ClickException(str(e))
+
+
+def _parse_shape(value: str | None) -> tuple[int, int, int, int] | None:
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in value.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise click.BadParameter(f"{value!r} is not N,C,H,W (e.g. 1,1,29,29)")
+    return shape  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="eqdeploy")
+def main() -> None:
+    """Ship group-equivariant CNNs (e2cnn, escnn) to ONNX and TFLite without losing
+    their symmetry, and prove it.
+
+    \b
+    On the conversion host:   eqdeploy convert model.pt --target all -o out/
+    On the device:            eqdeploy bench out/model.tflite
+    In CI:                    eqdeploy check out/model.report.json --budget targets/x86-ci.toml
+    """
+
+
+@main.command(epilog="""\b
+Examples:
+  eqdeploy convert model.pt                                  # whole pickled model -> TFLite
+  eqdeploy convert ckpt.pt --arch mypkg.nets:build_c4 --target all --input-shape 1,3,65,65
+  eqdeploy convert escnn_model.pt2 -o out/                   # from 'eqdeploy export'
+""")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--target", "target", type=click.Choice(["tflite", "onnx", "all"]),
+              default="tflite", show_default=True, help="Artifact format(s) to write.")
+@click.option("-o", "--outdir", type=click.Path(file_okay=False), default="eqdeploy-out",
+              show_default=True, help="Folder for artifacts, sidecars, probes and the report.")
+@click.option("--input-shape", default=None, metavar="N,C,H,W",
+              help="Input shape of the artifact (N = its fixed batch). "
+                   "[default: 1,C,33,33 with C from the model's input field type]")
+@click.option("--arch", default=None, metavar="PKG.MODULE:FACTORY",
+              help="Factory building the model for a state-dict checkpoint (loaded with "
+                   "weights_only=True: the safe path for untrusted files).")
+@click.option("--group", default=None, metavar="NAME",
+              help="Expected symmetry group (C4, D4, C8, ...): conversion stops if the model's "
+                   "group differs.")
+@click.option("--probes", "n_probes", default=16, show_default=True,
+              help="Probe inputs used to verify each artifact.")
+@click.option("--allow-misaligned", is_flag=True,
+              help="Convert even if the input size makes 90-degree rotations inexact.")
+def convert(model, target, outdir, input_shape, arch, group, n_probes, allow_misaligned):
+    """Convert an equivariant MODEL to a plain conv network and write verified artifacts.
+
+    MODEL is a whole pickled model (torch.save(model), pickle/dill/cloudpickle: unpickling
+    runs code, so only for files you trust), a state-dict checkpoint with --arch, or a .pt2
+    written by 'eqdeploy export'. Writes OUTDIR/<name>.<ext>, a sidecar
+    <name>.<ext>.eqdeploy.json (the symmetry manifest), <name>.<ext>.probes.npz (probe inputs
+    and FP32 reference outputs for 'eqdeploy bench') and <name>.report.json/.md.
+    """
+    from pathlib import Path
+
+    from eqdeploy.convert import ConvertOptions
+    from eqdeploy.convert import convert as run_convert
+
+    targets = ["onnx", "tflite"] if target == "all" else [target]
+    opts = ConvertOptions(targets=targets, outdir=Path(outdir),
+                          input_shape=_parse_shape(input_shape), arch=arch, group=group,
+                          probes=n_probes, allow_misaligned=allow_misaligned)
+    start = time.perf_counter()
+
+    def progress(msg: str) -> None:
+        click.echo(f"[{time.perf_counter() - start:6.1f}s] {msg}", err=True)
+
+    try:
+        report = run_convert(model, opts, progress)
+    except EqdeployError as e:
+        raise _fail(e) from None
+    for v in report["verification"]:
+        worst = max((r["rel_err_max"] for r in v["equivariance"]), default=0.0)
+        click.echo(f"  {v['runtime']:<24} vs source {v['rel_err_vs_source']:.1e}   "
+                   f"equivariance error {worst:.1e}")
+    for a in report["artifacts"]:
+        click.echo(f"wrote {Path(outdir) / a['file']} ({a['bytes']} bytes)")
+    name = Path(model).stem
+    click.echo(f"report: {Path(outdir) / (name + '.report.md')} "
+               f"(+ {name}.report.json)")
+
+
+@main.command(epilog="""\b
+Example:
+  eqdeploy verify out/model.tflite
+""")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option("--probes", "probes", type=click.Path(dir_okay=False), default=None,
+              help="Probe .npz [default: ARTIFACT.probes.npz written by convert].")
+@click.option("--json", "json_out", is_flag=True, help="Print the result as JSON.")
+def verify(artifact, probes, json_out):
+    """Verify an ARTIFACT's equivariance (per exact group element) and its agreement with
+    the FP32 reference outputs, in its runtime. Exits 1 if the probes' outputs changed
+    under a group element by more than 1e-4 relative (FP32) or any probe changed (INT8).
+    """
+    from eqdeploy.harness.bench import run_bench
+
+    try:
+        report = run_bench(artifact, runs=1, warmup=0, probes_path=probes)
+    except EqdeployError as e:
+        raise _fail(e) from None
+    eq = report["equivariance"]
+    if json_out:
+        click.echo(json.dumps({"equivariance": eq, "fidelity": report.get("fidelity")},
+                              indent=1))
+    else:
+        for r in eq["rows"]:
+            click.echo(f"  {r['element']:<6} rel. error {r['rel_err_max']:.2e}   "
+                       f"changed {r['changed']}/{r['probes']}")
+        fid = report.get("fidelity")
+        if fid:
+            click.echo(f"  vs FP32 reference: rel. error {fid['rel_err_max']:.2e}")
+    summary = eq.get("summary") or {}
+    integer = report["artifact"]["output_dtype"] != "float32"
+    bad = summary.get("changed_max", 0) > 0 if integer else summary.get("rel_err_max", 0) > 1e-4
+    if bad:
+        click.echo("equivariance NOT verified", err=True)
+        sys.exit(1)
+    click.echo("equivariance verified")
+
+
+main.add_command(bench)
+main.add_command(check)
+
+
+if __name__ == "__main__":
+    main()

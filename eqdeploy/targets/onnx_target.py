@@ -1,0 +1,39 @@
+"""ONNX target: ``torch.onnx`` (dynamo) export of the plain graph, manifest in metadata_props."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import onnx
+import torch
+
+from eqdeploy.export import PlainModel
+from eqdeploy.spec import SCHEMA
+
+OPSET = 18
+
+
+def emit(plain: PlainModel, path: Path, batch: int = 1) -> dict:
+    """Write ``plain`` as a single-file ONNX model with a fixed batch size."""
+    static = plain.static_program(batch)
+    example = plain.example[:1].repeat(batch, 1, 1, 1)
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress lines
+        program = torch.onnx.export(static, (example,), dynamo=True,
+                                    external_data=False, opset_version=OPSET,
+                                    input_names=["input"], output_names=["output"])
+    model = program.model_proto
+    add_manifest(model, plain.spec.dumps())
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    return {"opset": OPSET, "ops": sorted({n.op_type for n in model.graph.node})}
+
+
+def add_manifest(model: onnx.ModelProto, text: str) -> None:
+    """Set (or replace) the symmetry manifest in ``model.metadata_props``."""
+    for prop in list(model.metadata_props):
+        if prop.key == SCHEMA:
+            model.metadata_props.remove(prop)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = SCHEMA, text

@@ -1,0 +1,60 @@
+"""TFLite target: litert-torch conversion of the plain graph, manifest as TFLite metadata.
+
+The manifest goes into the flatbuffer's ``metadata`` table (name ``eqdeploy.symmetry``)
+through the schema's generated object API shipped with ai-edge-litert.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from pathlib import Path
+
+import flatbuffers
+from ai_edge_litert import schema_py_generated as schema
+
+from eqdeploy.export import PlainModel
+from eqdeploy.spec import SCHEMA
+
+
+def emit(plain: PlainModel, path: Path, batch: int = 1, **convert_kwargs) -> dict:
+    """Convert ``plain`` at a fixed batch size and write the .tflite with its manifest."""
+    import litert_torch
+
+    example = plain.example[:1].repeat(batch, 1, 1, 1)
+    with contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory() as tmp:
+        edge = litert_torch.convert(plain.static_program(batch).module(), (example,),
+                                    **convert_kwargs)
+        raw = Path(tmp) / "model.tflite"
+        edge.export(str(raw))
+        content = raw.read_bytes()
+    path.write_bytes(with_metadata(content, SCHEMA, plain.spec.dumps().encode()))
+    model = schema.Model.GetRootAs(path.read_bytes(), 0)
+    graph = model.Subgraphs(0)
+    ops = {schema_op_name(model.OperatorCodes(graph.Operators(i).OpcodeIndex()))
+           for i in range(graph.OperatorsLength())}
+    return {"ops": sorted(ops)}
+
+
+def schema_op_name(code) -> str:
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    op = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+    return names.get(op, str(op))
+
+
+def with_metadata(content: bytes, name: str, data: bytes) -> bytes:
+    """``content`` with metadata entry ``name`` set to ``data`` (replacing an old one)."""
+    model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    model.metadata = [m for m in (model.metadata or []) if m.name != name.encode()
+                      and m.name != name]
+    buf = schema.BufferT()
+    buf.data = list(data)
+    model.buffers.append(buf)
+    entry = schema.MetadataT()
+    entry.name = name
+    entry.buffer = len(model.buffers) - 1
+    model.metadata.append(entry)
+    builder = flatbuffers.Builder(len(content) + len(data) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
