@@ -108,6 +108,49 @@ def convert(model, target, outdir, input_shape, arch, group, n_probes, allow_mis
                f"(+ {name}.report.json)")
 
 
+@main.command("export", epilog="""\b
+Example (in the training environment, e.g. escnn with numpy 1):
+  eqdeploy export model.pt -o model.pt2 --input-shape 1,3,65,65
+  eqdeploy convert model.pt2 --target all          # then, where the converters live
+""")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="The .pt2 to write [default: MODEL with suffix .pt2].")
+@click.option("--input-shape", default=None, metavar="N,C,H,W",
+              help="Input shape to trace at [default: 1,C,33,33].")
+@click.option("--arch", default=None, metavar="PKG.MODULE:FACTORY",
+              help="Factory for a state-dict checkpoint (weights_only=True).")
+def export_cmd(model, output, input_shape, arch):
+    """Export an e2cnn/escnn MODEL to a plain-graph .pt2 with its symmetry manifest.
+
+    Needs only torch and the model's library: run it where the model trains, then
+    'eqdeploy convert MODEL.pt2' in the conversion environment (no e2cnn/escnn needed).
+    """
+    from pathlib import Path
+
+    import torch
+
+    from eqdeploy.convert import ConvertOptions, resolve_input_shape
+    from eqdeploy.export import export_equivariant
+    from eqdeploy.export_pt2 import save_pt2
+    from eqdeploy.load import load_model
+
+    try:
+        loaded = load_model(model, arch)
+        if loaded.module is None:
+            raise EqdeployError(f"{model} is already an exported program",
+                                "pass it to 'eqdeploy convert' directly")
+        shape = resolve_input_shape(ConvertOptions(input_shape=_parse_shape(input_shape)),
+                                    loaded, loaded.module)
+        plain = export_equivariant(loaded.module, torch.zeros(1, *shape[1:]))
+        plain.info["input_shape"] = list(shape)
+        out = Path(output) if output else Path(model).with_suffix(".pt2")
+        save_pt2(plain, out)
+    except EqdeployError as e:
+        raise _fail(e) from None
+    click.echo(f"wrote {out} (group {plain.spec.group.name}, input {tuple(shape)})")
+
+
 @main.command(epilog="""\b
 Example:
   eqdeploy verify out/model.tflite

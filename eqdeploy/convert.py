@@ -88,7 +88,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _resolve_shape(options: ConvertOptions, loaded, module) -> tuple[int, ...]:
+def resolve_input_shape(options: ConvertOptions, loaded, module) -> tuple[int, ...]:
     if options.input_shape is not None:
         return tuple(options.input_shape)
     if loaded.info and loaded.info.get("input_shape"):
@@ -118,7 +118,7 @@ def convert(model_path: str | Path, options: ConvertOptions,
     loaded = load_model(model_path, options.arch)
     timings["load"] = time.perf_counter() - t
     source = loaded.module
-    shape = _resolve_shape(options, loaded, source)
+    shape = resolve_input_shape(options, loaded, source)
     if len(shape) != 4:
         raise EqdeployError(f"--input-shape {shape} is not N,C,H,W", "e.g. --input-shape 1,1,29,29")
     batch = int(shape[0])

@@ -72,6 +72,11 @@ def _trace_types(model: nn.Module, swapped: dict[str, Swapped], example: torch.T
     try:
         with torch.no_grad():
             y = model(example)
+    except Exception as e:  # noqa: BLE001 - the user's forward can raise anything
+        why = " ".join(str(e).split())[:200] or type(e).__name__
+        raise EqdeployError(f"the model's forward fails on an input of shape "
+                            f"{tuple(example.shape)} ({why})",
+                            "pass --input-shape N,C,H,W matching the model's input") from None
     finally:
         for h in hooks:
             h.remove()
@@ -80,6 +85,25 @@ def _trace_types(model: nn.Module, swapped: dict[str, Swapped], example: torch.T
                             "check that forward wraps its input in a GeometricTensor")
     out_type = y.type if hasattr(y, "tensor") and hasattr(y, "type") else None
     return calls[0].in_type, out_type
+
+
+def _clean_reexport(program: torch.export.ExportedProgram, traced: torch.Tensor,
+                    batch) -> tuple[torch.export.ExportedProgram, dict[str, str]]:
+    """Re-export the unlifted graph: drops the e2cnn wrapper objects from the trace, so the
+    program saves and loads as ``.pt2`` with its dynamic batch intact (the first export
+    loses it on load). Returns the program and old -> new node names."""
+    clean = torch.export.export(program.module(), (traced,), dynamic_shapes=({0: batch},))
+
+    def data_nodes(ep):
+        inputs = set(ep.graph_signature.user_inputs)
+        return [n.name for n in ep.graph.nodes
+                if n.op == "call_function" or (n.op == "placeholder" and n.name in inputs)]
+
+    old, new = data_nodes(program), data_nodes(clean)
+    if len(old) != len(new):
+        raise EqdeployError("re-exporting the plain graph changed its structure",
+                            "report this model to eqdeploy")
+    return clean, dict(zip(old, new, strict=True))
 
 
 def export_equivariant(model: nn.Module, example: torch.Tensor,
@@ -110,10 +134,6 @@ def _export_swapped(model: nn.Module, swapped: dict[str, Swapped], example: torc
     if group_name and group_name.strip().upper() != group.name:
         raise EqdeployError(f"--group {group_name} does not match the model's group "
                             f"{group.name}", f"pass --group {group.name} or omit --group")
-    if example.shape[1] != in_type.size:
-        raise EqdeployError(f"input has {example.shape[1]} channels but the model's input "
-                            f"field type has {in_type.size}",
-                            f"pass --input-shape N,{in_type.size},H,W")
 
     wrapper = _TensorOutput(model).eval()
     t0 = time.perf_counter()
@@ -145,6 +165,8 @@ def _export_swapped(model: nn.Module, swapped: dict[str, Swapped], example: torc
     user_input = program.graph_signature.user_inputs[0]
     layouts = assign_layouts(gm, user_input, input_layout, module_types, invariant, trivial)
     out = output_node(gm)
+    program, renamed = _clean_reexport(program, traced, batch)
+    layouts = {renamed.get(k, k): v for k, v in layouts.items()}
     info = {"framework": framework, "export_seconds": round(export_s, 3),
             "trainable_parameters": int(trainable),
             "deployed_parameters": int(sum(p.numel() for p in program.state_dict.values())),
