@@ -21,6 +21,22 @@ def _fail(e: EqdeployError) -> click.ClickException:
     return click.ClickException(str(e))
 
 
+def _quiet_converters() -> None:
+    """Keep the converters' own logging (absl, torch.onnx registry notes) off the terminal;
+    eqdeploy prints its own progress lines."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GLOG_minloglevel", "3")
+    for name in ("", "torch.onnx", "torch.onnx._internal.exporter._registration",
+                 "torch.utils._pytree", "torchao"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*training mode.*")
+
+
 def _parse_shape(value: str | None) -> tuple[int, int, int, int] | None:
     if value is None:
         return None
@@ -81,6 +97,7 @@ def convert(model, target, outdir, input_shape, arch, group, n_probes, allow_mis
     """
     from pathlib import Path
 
+    _quiet_converters()
     from eqdeploy.convert import ConvertOptions
     from eqdeploy.convert import convert as run_convert
 

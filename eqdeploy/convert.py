@@ -74,10 +74,13 @@ def _runtime_row(name: str, version: str, f, spec, probes, source_out, raw=None)
     y = f(probes)
     rows = equivariance_table(f, spec, probes, f_probes=y, raw=raw)
     scale = float(np.abs(source_out).max()) or 1.0
+    classifier = y.ndim == 2 and y.shape[1] > 1
     return {"runtime": name, "version": version, "equivariance": rows,
             "max_abs_err_vs_source": float(np.abs(y - source_out).max()),
             "rel_err_vs_source": float(np.abs(y - source_out).max() / scale),
-            "rel_err_vs_source_l2": float(relative_error(y, source_out).max())}
+            "rel_err_vs_source_l2": float(relative_error(y, source_out).max()),
+            "top1_agreement_vs_source": float((y.argmax(1) == source_out.argmax(1)).mean())
+            if classifier else None}
 
 
 def _sha256(path: Path) -> str:

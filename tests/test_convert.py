@@ -49,3 +49,19 @@ def test_tflite_manifest_survives_without_sidecar(converted, tmp_path):
     lone = tmp_path / "lone.tflite"
     lone.write_bytes((outdir / "d4_cnn.tflite").read_bytes())
     assert read_spec(lone).group.name == "D4"
+
+
+def test_check_gates_on_a_convert_report(converted):
+    from click.testing import CliRunner
+
+    from eqdeploy.cli import main
+
+    _, outdir = converted["c8_residual"]
+    report = str(outdir / "c8_residual.report.json")
+    ok = CliRunner().invoke(main, ["check", report, "--max-equivariance-error", "1e-5",
+                                   "--min-top1-agreement", "0.99"])
+    assert ok.exit_code == 0, ok.output
+    bad = CliRunner().invoke(main, ["check", report, "--max-equivariance-error", "1e-12"])
+    assert bad.exit_code == 1 and "max_equivariance_error" in bad.output
+    no_latency = CliRunner().invoke(main, ["check", report, "--max-p50-ms", "100"])
+    assert no_latency.exit_code == 1  # convert reports carry no latency: never a silent pass

@@ -52,9 +52,29 @@ def _bench_metrics(r: dict) -> dict[str, Any]:
     }
 
 
-# schema -> (supported versions, extractor). The convert report is added by its author.
+def _convert_metrics(r: dict) -> dict[str, Any]:
+    """``eqdeploy.convert`` v1: worst case over the artifacts' runtimes (no latency)."""
+    files = {a["runtime"] for a in r["artifacts"]}
+    rows = [v for v in r["verification"] if v["runtime"] in files]
+    eq = [e for v in rows for e in v["equivariance"]]
+    top1 = [v["top1_agreement_vs_source"] for v in rows
+            if v.get("top1_agreement_vs_source") is not None]
+    orbit = [e["top1_agreement"] for e in eq if "top1_agreement" in e]
+    return {
+        "equivariance_error": max((e["rel_err_max"] for e in eq), default=None),
+        "changed_outputs": max((e["changed"] for e in eq), default=None),
+        "top1_agreement": min(top1) if top1 else None,
+        "orbit_top1_agreement": min(orbit) if orbit else None,
+        "p50_ms": None,
+        "p99_ms": None,
+        "size_bytes": max((a["bytes"] for a in r["artifacts"]), default=None),
+    }
+
+
+# schema -> (supported versions, extractor)
 METRIC_EXTRACTORS: dict[str, tuple[tuple[int, ...], Callable[[dict], dict[str, Any]]]] = {
     "eqdeploy.bench": ((1,), _bench_metrics),
+    "eqdeploy.convert": ((1,), _convert_metrics),
 }
 
 
