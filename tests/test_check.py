@@ -162,10 +162,10 @@ def test_missing_files_and_no_budgets(tmp_path):
 
 
 def test_new_schema_needs_only_an_extractor(monkeypatch):
-    conv = {"schema": "eqdeploy.convert", "version": 1, "size": 5}
+    conv = {"schema": "eqdeploy.future", "version": 1, "size": 5}
     with pytest.raises(EqdeployError, match="does not read"):
         chk.check_report(conv, {"max_size_bytes": 10})
-    monkeypatch.setitem(chk.METRIC_EXTRACTORS, "eqdeploy.convert",
+    monkeypatch.setitem(chk.METRIC_EXTRACTORS, "eqdeploy.future",
                         ((1,), lambda r: {"size_bytes": r["size"]}))
     assert chk.check_report(conv, {"max_size_bytes": 10}) == [("max_size_bytes", 5, 10, True)]
 
