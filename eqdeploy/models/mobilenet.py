@@ -153,12 +153,15 @@ class MobileNetV2(nn.Module):
 
 
 def settle(model: nn.Module, shape: tuple[int, ...], imbalance: float = 0.0, batches: int = 4,
-           seed: int = 0) -> nn.Module:
-    """Give BN layers trained-looking statistics; ``imbalance`` > 0 spreads each BN's gammas
-    over ``10**U(-imbalance, imbalance)`` per field (per channel for plain BN), then eval().
+           seed: int = 0, high_bias: float = 0.25) -> nn.Module:
+    """Give BN layers trained-looking statistics, then eval().
 
-    The spread is set before the statistics settle, so every next BN renormalizes it: the
-    folded weights of consecutive layers get reciprocal per-field ranges, as in trained nets.
+    ``imbalance`` > 0 spreads each BN's gammas over ``10**U(-imbalance, imbalance)`` per field
+    (per channel for plain BN); set before the statistics settle, so the next BN
+    renormalizes it and consecutive folded layers get reciprocal per-field ranges, as in
+    trained nets. A ``high_bias`` fraction of fields gets ``beta = gamma * U(2, 5)`` (ReLU
+    inputs that are nearly always positive: what high-bias absorption is for). The head is
+    centred on the settle batches so that the argmax varies with the input.
     """
     gen = torch.Generator().manual_seed(seed)
     for m in model.modules():
@@ -167,6 +170,9 @@ def settle(model: nn.Module, shape: tuple[int, ...], imbalance: float = 0.0, bat
             with torch.no_grad():
                 m.weight.uniform_(0.5, 1.5, generator=gen)
                 m.bias.uniform_(-0.3, 0.5, generator=gen)
+                high = torch.rand(m.bias.shape, generator=gen) < high_bias
+                m.bias.copy_(torch.where(high, m.weight * (2 + 3 * torch.rand(
+                    m.bias.shape, generator=gen)), m.bias))
                 if imbalance:
                     spread = 10 ** ((torch.rand(m.weight.shape, generator=gen) * 2 - 1)
                                     * imbalance)
@@ -176,7 +182,17 @@ def settle(model: nn.Module, shape: tuple[int, ...], imbalance: float = 0.0, bat
     with torch.no_grad():
         for _ in range(batches):
             model(torch.randn(*shape, generator=gen) + 0.5)
-    return model.eval()
+    model.eval()
+    feats = []
+    hook = model.head.register_forward_pre_hook(lambda mod, args: feats.append(args[0]))
+    with torch.no_grad():
+        model(torch.randn(*shape, generator=gen) + 0.5)
+        hook.remove()
+        f = feats[0]
+        w = model.head.weight / (f.std(0).mean() + 1e-12)
+        model.head.weight.copy_(w)
+        model.head.bias.copy_(-(f.mean(0) @ w.T))
+    return model
 
 
 def eq_mobilenet(group: str = "C8", size: int = 33, width: float = 1.0, relu6: bool = False,

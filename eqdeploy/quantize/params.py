@@ -1,0 +1,285 @@
+"""One INT8 quantization-parameter set per conversion, shared inside each field.
+
+*Which* tensors are quantized: the input, every conv/linear output (after a following
+ReLU/ReLU6 when fused), adds and means; ops that keep their input's grid (max pool, avg
+pool, reshapes, group max-pooling) share their input's parameters, as integer runtimes
+require. *How* a range becomes parameters: weights int8 symmetric in [-127, 127], zero
+point 0, one scale per output channel equal inside each field (max of the field's ranges),
+or one per tensor; activations int8 asymmetric per tensor covering [lo, hi] and 0.
+*Where* ranges come from: data-free, per channel ``mean +- n_sigma * std`` with mean/std
+from folded BN statistics where a conv had a BN, propagated through the graph elsewhere
+(linear maps, ReLU as a clipped normal, adds as sums of independent normals), the input's
+from the declared normalization; or min/max over calibration inputs.
+The same numbers are then forced into every target (TFLite via PT2E, ONNX via ORT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import fx
+
+aten = torch.ops.aten
+
+ACTIVATIONS = {aten.relu.default, aten.relu_.default, aten.hardtanh.default,
+               aten.hardtanh_.default, aten.relu6.default, aten.clamp.default}
+# ops whose output lies on its input's quantization grid
+SAME_GRID = {*ACTIVATIONS, aten.max_pool2d.default, aten.amax.default, aten.reshape.default,
+             aten.view.default, aten.flatten.using_ints, aten.squeeze.dims, aten.squeeze.dim,
+             aten.unsqueeze.default, aten._unsafe_view.default, aten.clone.default,
+             aten.dropout.default, aten.contiguous.default, aten.alias.default,
+             aten.detach.default, aten.permute.default, aten.adaptive_max_pool2d.default,
+             aten.max.dim, aten.sym_size.int, aten.avg_pool2d.default,
+             aten.adaptive_avg_pool2d.default}
+CONV, LINEAR = aten.conv2d.default, aten.linear.default
+QMIN, QMAX = -128, 127
+
+
+def weight_scales(w: torch.Tensor, per_channel: bool,
+                  slices: list[tuple[int, int]] | None = None) -> torch.Tensor:
+    """Scale per output channel (equal within each slice; one value if per tensor)."""
+    r = w.detach().abs().reshape(w.shape[0], -1).amax(1).double()
+    if not per_channel:
+        r = torch.full_like(r, float(r.max()))
+    elif slices is not None:
+        for a, b in slices:
+            r[a:b] = r[a:b].max()
+    return torch.where(r > 0, r / 127.0, torch.ones_like(r))
+
+
+def weight_slices(pm, node: str, channels: int, orbit_shared: bool = True
+                  ) -> list[tuple[int, int]] | None:
+    """Fields of a layer's output (scales shared per field); one slice if no layout."""
+    if not orbit_shared:
+        return None
+    lay = pm.spec.tensors.get(node)
+    if lay is None or lay.channels != channels:
+        return [(0, channels)]
+    return pm.spec.field_slices(lay)
+
+
+def activation_qparams(lo: float, hi: float) -> tuple[float, int]:
+    """Asymmetric int8 (scale, zero point) covering [lo, hi] and 0."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / 255.0 if hi > lo else 1.0
+    zp = int(np.clip(round(QMIN - lo / scale), QMIN, QMAX))
+    return scale, zp
+
+
+def act_clip(node: fx.Node) -> tuple[float, float]:
+    """The output interval an activation node clips to."""
+    if node.target in (aten.relu.default, aten.relu_.default):
+        return 0.0, float("inf")
+    if node.target == aten.relu6.default:
+        return 0.0, 6.0
+    if node.target in ACTIVATIONS:
+        lo = node.args[1] if len(node.args) > 1 else None
+        hi = node.args[2] if len(node.args) > 2 else None
+        return (-float("inf") if lo is None else float(lo),
+                float("inf") if hi is None else float(hi))
+    return -float("inf"), float("inf")
+
+
+def _is_float(n: fx.Node) -> bool:
+    val = n.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.is_floating_point()
+
+
+def quant_points(gm: fx.GraphModule) -> tuple[dict[str, fx.Node], dict[str, fx.Node]]:
+    """Quantized nodes by name, and for each, the node that produced it before a fused act."""
+    points, producer = {}, {}
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" and _is_float(n) and n.users:
+            if any(u.op == "call_function" for u in n.users) and not n.name.startswith(
+                    ("p_", "b_", "c_")):
+                points[n.name], producer[n.name] = n, n
+            continue
+        if n.op != "call_function" or not _is_float(n) or n.target in SAME_GRID:
+            continue
+        users = list(n.users)
+        q = users[0] if len(users) == 1 and users[0].target in ACTIVATIONS else n
+        points[q.name], producer[q.name] = q, n
+    return points, producer
+
+
+def grid_of(gm: fx.GraphModule, points: dict[str, fx.Node], producer: dict[str, fx.Node]
+            ) -> dict[str, str]:
+    """For every float node, the quant point whose parameters it carries."""
+    fused = {p.name: q for q, p in producer.items()}
+    grid: dict[str, str] = {}
+    for n in gm.graph.nodes:
+        if not _is_float(n):
+            continue
+        if n.name in points:
+            grid[n.name] = n.name
+        elif n.name in fused:
+            grid[n.name] = fused[n.name]
+        elif n.op == "call_function" and n.target in SAME_GRID and n.args \
+                and isinstance(n.args[0], fx.Node) and n.args[0].name in grid:
+            grid[n.name] = grid[n.args[0].name]
+    return grid
+
+
+@dataclass
+class QuantParams:
+    """The parameter set of one conversion (node names of the plain graph)."""
+
+    per_channel: bool
+    ranges_from: str  # "bn-stats" | "calibration"
+    activations: dict[str, tuple[float, int]]  # quant point -> (scale, zero point)
+    ranges: dict[str, tuple[float, float]]  # quant point -> (lo, hi) before rounding
+    grid: dict[str, str]  # every float node -> its quant point
+    weights: dict[str, np.ndarray]  # conv/linear node -> per-output-channel scales
+    notes: list[str] = field(default_factory=list)
+
+    def act_for(self, node: str) -> tuple[float, int]:
+        return self.activations[self.grid[node]]
+
+    def to_json(self) -> dict:
+        return {
+            "scheme": {"weights": "int8 symmetric [-127,127], zero point 0, "
+                       + ("per channel, equal within each field" if self.per_channel
+                          else "per tensor"),
+                       "activations": "int8 asymmetric [-128,127], per tensor",
+                       "ranges_from": self.ranges_from},
+            "activations": {k: {"scale": s, "zero_point": z, "range": list(self.ranges[k])}
+                            for k, (s, z) in self.activations.items()},
+            "weights": {k: [float(x) for x in v] for k, v in self.weights.items()},
+            "notes": self.notes,
+        }
+
+
+# --- data-free ranges: per-channel normal statistics propagated through the graph -----------
+def _clipped_normal(mean: np.ndarray, std: np.ndarray, lo: float, hi: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of clip(N(mean, std), lo, hi) (lo finite or -inf, hi finite or inf)."""
+    from scipy.stats import norm
+
+    std = np.maximum(std, 1e-12)
+    a, b = (lo - mean) / std, (hi - mean) / std
+    pa, pb = norm.cdf(a), norm.cdf(b)
+    phia, phib = norm.pdf(a), norm.pdf(b)
+    lo_t = np.where(np.isfinite(lo), lo, 0.0)
+    hi_t = np.where(np.isfinite(hi), hi, 0.0)
+    m = mean * (pb - pa) + std * (phia - phib) + lo_t * pa + hi_t * (1 - pb)
+    ex2 = ((mean ** 2 + std ** 2) * (pb - pa) + std * ((mean + (np.where(np.isfinite(a), lo, 0)
+                                                              )) * phia
+                                                       - (mean + np.where(np.isfinite(b), hi, 0))
+                                                       * phib)
+           + lo_t ** 2 * pa + hi_t ** 2 * (1 - pb))
+    return m, np.sqrt(np.maximum(ex2 - m ** 2, 0.0))
+
+
+def _param(gm: fx.GraphModule, node) -> torch.Tensor | None:
+    if isinstance(node, fx.Node) and node.op == "get_attr":
+        obj = gm
+        for part in node.target.split("."):
+            obj = getattr(obj, part)
+        return obj.detach().double()
+    return None
+
+
+def propagate_stats(gm: fx.GraphModule, bn_stats: dict, input_mean: np.ndarray,
+                    input_std: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-channel (mean, std) of every float node, data-free (independence assumed)."""
+    stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for n in gm.graph.nodes:
+        if not _is_float(n):
+            continue
+        channels = int(n.meta["val"].shape[1]) if n.meta["val"].dim() > 1 else 1
+        if n.op == "placeholder":
+            stats[n.name] = (np.broadcast_to(input_mean, (channels,)).astype(float),
+                             np.broadcast_to(input_std, (channels,)).astype(float))
+            continue
+        if n.op != "call_function":
+            continue
+        ins = [stats.get(a.name) for a in n.args if isinstance(a, fx.Node)]
+        if n.name in bn_stats:
+            st = bn_stats[n.name]
+            stats[n.name] = (np.asarray(st["mean"], float), np.asarray(st["std"], float))
+        elif n.target in (CONV, LINEAR) and ins and ins[0] is not None:
+            w, b = _param(gm, n.args[1]), _param(gm, n.args[2] if len(n.args) > 2 else None)
+            mu_in, sd_in = ins[0]
+            groups = int(n.args[6]) if n.target == CONV and len(n.args) > 6 else 1
+            wsum = w.reshape(w.shape[0], w.shape[1], -1).numpy()
+            cin = w.shape[1]
+            out = w.shape[0]
+            g_of = np.arange(out) // (out // groups)
+            mu_g = np.stack([mu_in[g * cin:(g + 1) * cin] for g in g_of])
+            var_g = np.stack([sd_in[g * cin:(g + 1) * cin] ** 2 for g in g_of])
+            mean = (wsum.sum(2) * mu_g).sum(1) + (b.numpy() if b is not None else 0.0)
+            var = ((wsum ** 2).sum(2) * var_g).sum(1)
+            stats[n.name] = (mean, np.sqrt(var))
+        elif n.target in ACTIVATIONS and ins and ins[0] is not None:
+            stats[n.name] = _clipped_normal(*ins[0], *act_clip(n))
+        elif n.target == aten.add.Tensor and len(ins) == 2 and None not in ins:
+            stats[n.name] = (ins[0][0] + ins[1][0], np.sqrt(ins[0][1] ** 2 + ins[1][1] ** 2))
+        elif ins and ins[0] is not None:
+            mu, sd = ins[0]
+            if len(mu) == channels:
+                stats[n.name] = (mu, sd)
+            else:  # a channel-regrouping op (group pooling): pooled, conservative
+                stats[n.name] = (np.full(channels, mu.max()), np.full(channels, sd.max()))
+    return stats
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, points: set[str], ranges: dict) -> None:
+        super().__init__(gm)
+        self.points, self.ranges = points, ranges
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        if n.name in self.points:
+            lo, hi = float(out.min()), float(out.max())
+            old = self.ranges.get(n.name)
+            self.ranges[n.name] = (lo, hi) if old is None else (min(lo, old[0]), max(hi, old[1]))
+        return out
+
+
+def calibration_ranges(gm: fx.GraphModule, points: set[str], x: np.ndarray
+                       ) -> dict[str, tuple[float, float]]:
+    """Min/max of each quant point over calibration inputs ``x``."""
+    found: dict[str, tuple[float, float]] = {}
+    xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    with torch.no_grad():
+        for chunk in torch.split(xt, 64):
+            _Recorder(gm, points, found).run(chunk)
+    return found
+
+
+def compute_qparams(pm, per_channel: bool = True, calibration: np.ndarray | None = None,
+                    input_mean: float | np.ndarray = 0.0, input_std: float | np.ndarray = 1.0,
+                    n_sigma: float = 6.0, orbit_shared: bool = True) -> QuantParams:
+    """The parameter set for ``pm`` (BN folded, e.g. the DFQ stage's output)."""
+    from eqdeploy.dfq.graph import STATS_KEY, layers
+
+    gm = pm.program.module()
+    points, producer = quant_points(gm)
+    grid = grid_of(gm, points, producer)
+    notes = []
+    if calibration is not None:
+        ranges = calibration_ranges(gm, set(points), calibration)
+        source = "calibration"
+    else:
+        stats = propagate_stats(gm, pm.info.get(STATS_KEY, {}), np.asarray(input_mean, float),
+                                np.asarray(input_std, float))
+        ranges = {}
+        for q, node in points.items():
+            mu, sd = stats[q]
+            lo, hi = float((mu - n_sigma * sd).min()), float((mu + n_sigma * sd).max())
+            clip_lo, clip_hi = act_clip(node)
+            ranges[q] = (float(np.clip(lo, clip_lo, clip_hi)), float(np.clip(hi, clip_lo,
+                                                                             clip_hi)))
+        source = "bn-stats"
+        notes.append(f"data-free ranges: mean +- {n_sigma} std per channel; input assumed "
+                     f"mean {np.asarray(input_mean).tolist()}, std "
+                     f"{np.asarray(input_std).tolist()}")
+    weights = {}
+    for name, layer in layers(pm).items():
+        sl = weight_slices(pm, name, layer.out_channels, orbit_shared)
+        weights[name] = weight_scales(layer.weight, per_channel, sl).numpy()
+    acts = {q: activation_qparams(*ranges[q]) for q in points}
+    return QuantParams(per_channel, source, acts, ranges, grid, weights, notes)

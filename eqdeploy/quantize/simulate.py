@@ -1,0 +1,120 @@
+"""Fake-quant INT8 simulation of a PlainModel in torch (fidelity before real artifacts exist).
+
+Uses exactly the parameter set of ``eqdeploy.quantize.params`` (the one forced into every
+target): weights int8 symmetric per field/channel or per tensor, activations int8
+asymmetric per tensor at the tensors an integer runtime materializes. Bias quantization
+(int32, scale = input x weight scale) is not simulated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import fx  # noqa: F401
+
+from eqdeploy.quantize.params import (
+    QMAX,
+    QMIN,
+    QuantParams,
+    compute_qparams,
+    quant_points,
+    weight_scales,
+    weight_slices,
+)
+
+__all__ = ["simulate_int8", "simulate_with", "fidelity", "fake_quant_weight", "weight_scales",
+           "weight_slices"]
+
+
+def fake_quant_weight(w: torch.Tensor, per_channel: bool,
+                      slices: list[tuple[int, int]] | None = None) -> torch.Tensor:
+    """``clamp(round(w / s), -127, 127) * s`` with the scales of ``weight_scales``."""
+    s = weight_scales(w, per_channel, slices).reshape(-1, *([1] * (w.dim() - 1)))
+    return (torch.clamp(torch.round(w.double() / s), -127, 127) * s).to(w.dtype)
+
+
+def _fake_quant(x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
+    return (torch.clamp(torch.round(x / scale) + zp, QMIN, QMAX) - zp) * scale
+
+
+class Int8Simulation:
+    """Callable fake-quant model; ``ranges`` holds the activation range per quantized node."""
+
+    def __init__(self, gm: fx.GraphModule, ranges: dict[str, tuple[float, float]],
+                 qparams: dict[str, tuple[float, int]]) -> None:
+        self.gm, self.ranges, self.qparams = gm, ranges, qparams
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.gm(x)
+
+    def numpy(self, x: np.ndarray) -> np.ndarray:
+        """numpy batch in, numpy out (for the equivariance harness)."""
+        return self(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+
+def simulate_with(pm, qp: QuantParams, quantize_weights: bool = True,
+                  quantize_activations: bool = True) -> Int8Simulation:
+    """Fake-quant version of ``pm`` (BN folded) with the parameter set ``qp``."""
+    from eqdeploy.dfq.graph import clone, layers
+
+    work = clone(pm)
+    if quantize_weights:
+        for name, layer in layers(work).items():
+            s = torch.as_tensor(qp.weights[name], dtype=torch.float64)
+            s = s.reshape(-1, *([1] * (layer.weight.dim() - 1)))
+            with torch.no_grad():
+                q = torch.clamp(torch.round(layer.weight.double() / s), -127, 127) * s
+                layer.weight.copy_(q.to(layer.weight.dtype))
+    gm = work.program.module()
+    if not quantize_activations:
+        return Int8Simulation(gm, {}, {})
+    points, _ = quant_points(gm)
+    for q, node in points.items():
+        scale, zp = qp.activations[q]
+        with gm.graph.inserting_after(node):
+            fq = gm.graph.call_function(_fake_quant, (node, scale, zp))
+        node.replace_all_uses_with(fq, delete_user_cb=lambda u, fq=fq: u is not fq)
+    gm.recompile()
+    return Int8Simulation(gm, dict(qp.ranges), dict(qp.activations))
+
+
+def simulate_int8(pm, weights: str = "per_channel", activations: str = "minmax",
+                  calibration: torch.Tensor | np.ndarray | None = None, n_sigma: float = 6.0,
+                  orbit_shared: bool = True, quantize_weights: bool = True,
+                  quantize_activations: bool = True) -> Int8Simulation:
+    """Fake-quant INT8 version of ``pm`` (BN folded first if the graph still has BN).
+
+    ``weights``: 'per_channel' (field-shared unless ``orbit_shared=False``) or 'per_tensor'.
+    ``activations``: 'minmax' over ``calibration``, or 'bn' (data-free: folded BN statistics
+    propagated through the graph; ``calibration`` is not used).
+    """
+    from eqdeploy.dfq.fold import BATCH_NORM, fold_batchnorm
+
+    if weights not in ("per_channel", "per_tensor"):
+        raise ValueError(f"weights must be 'per_channel' or 'per_tensor', not {weights!r}")
+    if activations not in ("minmax", "bn"):
+        raise ValueError(f"activations must be 'minmax' or 'bn', not {activations!r}")
+    if any(n.target == BATCH_NORM for n in pm.program.graph.nodes):
+        pm = fold_batchnorm(pm)[0]
+    if activations == "minmax" and calibration is None and quantize_activations:
+        raise ValueError("activations='minmax' needs calibration inputs")
+    cal = None if activations == "bn" else np.asarray(calibration, dtype=np.float32)
+    qp = compute_qparams(pm, weights == "per_channel", cal, n_sigma=n_sigma,
+                         orbit_shared=orbit_shared)
+    return simulate_with(pm, qp, quantize_weights, quantize_activations)
+
+
+def fidelity(reference: Callable[[torch.Tensor], torch.Tensor],
+             candidate: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> dict:
+    """Top-1 agreement and SQNR (dB) of ``candidate`` against ``reference`` on ``x``."""
+    with torch.no_grad():
+        ref = reference(x).double()
+        out = candidate(x).double()
+    noise = float(((out - ref) ** 2).sum())
+    signal = float((ref ** 2).sum())
+    sqnr = float("inf") if noise == 0 else 10 * np.log10(signal / noise)
+    return {"top1_agreement": float((out.argmax(1) == ref.argmax(1)).double().mean()),
+            "sqnr_db": sqnr}
