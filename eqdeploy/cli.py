@@ -21,6 +21,21 @@ def _fail(e: EqdeployError) -> click.ClickException:
     return click.ClickException(str(e))
 
 
+def _parse_norm(value: str | None) -> tuple[list[float], list[float]] | None:
+    if value is None:
+        return None
+    try:
+        mean, std = value.split(":")
+        m = [float(v) for v in mean.split(",")]
+        s = [float(v) for v in std.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not MEAN:STD (e.g. 0.1307:0.3081 or "
+                                 "0.485,0.456,0.406:0.229,0.224,0.225)") from None
+    if len(m) != len(s) or min(s) <= 0:
+        raise click.BadParameter(f"{value!r}: as many means as stds, stds > 0")
+    return m, s
+
+
 def _quiet_converters() -> None:
     """Keep the converters' own logging (absl, torch.onnx registry notes) off the terminal;
     eqdeploy prints its own progress lines."""
@@ -82,11 +97,35 @@ Examples:
 @click.option("--group", default=None, metavar="NAME",
               help="Expected symmetry group (C4, D4, C8, ...): conversion stops if the model's "
                    "group differs.")
-@click.option("--probes", "n_probes", default=16, show_default=True,
-              help="Probe inputs used to verify each artifact.")
+@click.option("--int8", is_flag=True,
+              help="Quantize to INT8 (DFQ first, one orbit-shared parameter set for all "
+                   "targets; fully-integer TFLite, QDQ ONNX).")
+@click.option("--per-tensor", is_flag=True,
+              help="INT8 weights with one scale per tensor [default: per channel, equal "
+                   "inside each field].")
+@click.option("--calibration", type=click.Path(exists=False), default=None,
+              help="Activation ranges from these inputs (folder of images or .npz; see "
+                   "calibration/README.md) [default: data-free, from BN statistics].")
+@click.option("--input-norm", default=None, metavar="MEAN[,..]:STD[,..]",
+              help="Pixel normalization of the input (pixels in [0,1]), e.g. "
+                   "0.1307:0.3081; fixes the input's INT8 range and normalizes images.")
+@click.option("--no-dfq", is_flag=True, help="Skip the whole DFQ stage (BN is still folded).")
+@click.option("--no-cle", is_flag=True, help="Skip cross-layer equalization.")
+@click.option("--no-absorb", is_flag=True, help="Skip high-bias absorption.")
+@click.option("--no-bias-correction", is_flag=True, help="Skip analytical bias correction.")
+@click.option("--orbit-agnostic", is_flag=True,
+              help="Equalize per channel like AIMET (for comparison; may break field "
+                   "structure) instead of one scale per field.")
+@click.option("--probes", "probe_inputs", type=click.Path(exists=False), default=None,
+              help="Real probe inputs (.npz or image folder) to verify with [default: "
+                   "seeded noise].")
+@click.option("--num-probes", "n_probes", default=16, show_default=True,
+              help="How many probe inputs verify each artifact.")
 @click.option("--allow-misaligned", is_flag=True,
               help="Convert even if the input size makes 90-degree rotations inexact.")
-def convert(model, target, outdir, input_shape, arch, group, n_probes, allow_misaligned):
+def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, calibration,
+            input_norm, no_dfq, no_cle, no_absorb, no_bias_correction, orbit_agnostic,
+            probe_inputs, n_probes, allow_misaligned):
     """Convert an equivariant MODEL to a plain conv network and write verified artifacts.
 
     MODEL is a whole pickled model (torch.save(model), pickle/dill/cloudpickle: unpickling
@@ -100,11 +139,19 @@ def convert(model, target, outdir, input_shape, arch, group, n_probes, allow_mis
     _quiet_converters()
     from eqdeploy.convert import ConvertOptions
     from eqdeploy.convert import convert as run_convert
+    from eqdeploy.dfq import DfqOptions
 
     targets = ["onnx", "tflite"] if target == "all" else [target]
+    dfq = DfqOptions(enabled=not no_dfq, cle=not no_cle, absorb=not no_absorb,
+                     bias_correction=not no_bias_correction, orbit_agnostic=orbit_agnostic,
+                     weights="per_tensor" if per_tensor else "per_channel")
     opts = ConvertOptions(targets=targets, outdir=Path(outdir),
                           input_shape=_parse_shape(input_shape), arch=arch, group=group,
-                          probes=n_probes, allow_misaligned=allow_misaligned)
+                          probes=n_probes, allow_misaligned=allow_misaligned, int8=int8,
+                          per_tensor=per_tensor,
+                          calibration=Path(calibration) if calibration else None,
+                          input_norm=_parse_norm(input_norm),
+                          probe_inputs=Path(probe_inputs) if probe_inputs else None, dfq=dfq)
     start = time.perf_counter()
 
     def progress(msg: str) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from eqdeploy import __version__
+from eqdeploy.dfq import DfqOptions, fold_batchnorm, run_dfq
 from eqdeploy.errors import EqdeployError
 from eqdeploy.export import PlainModel, export_equivariant
 from eqdeploy.harness.equivariance import equivariance_table, relative_error
@@ -29,6 +30,9 @@ from eqdeploy.harness.runtime import open_artifact, read_spec, sidecar_path
 from eqdeploy.harness.sysinfo import system_info
 from eqdeploy.lint import lint_input_size, lint_message
 from eqdeploy.load import load_model
+from eqdeploy.quantize.calibrate import load_calibration
+from eqdeploy.quantize.params import compute_qparams
+from eqdeploy.quantize.simulate import simulate_with
 from eqdeploy.report.convert_markdown import convert_markdown
 from eqdeploy.targets import TARGETS, target_module
 
@@ -48,8 +52,14 @@ class ConvertOptions:
     arch: str | None = None
     group: str | None = None
     probes: int = 16
+    probe_inputs: Path | None = None  # .npz / image folder of real inputs (else noise)
     seed: int = 0
     allow_misaligned: bool = False
+    int8: bool = False
+    per_tensor: bool = False
+    calibration: Path | None = None
+    input_norm: tuple[list[float], list[float]] | None = None  # pixel mean, std
+    dfq: DfqOptions = field(default_factory=DfqOptions)
 
 
 def _first_input_channels(module: torch.nn.Module) -> int | None:
@@ -81,6 +91,59 @@ def _runtime_row(name: str, version: str, f, spec, probes, source_out, raw=None)
             "rel_err_vs_source_l2": float(relative_error(y, source_out).max()),
             "top1_agreement_vs_source": float((y.argmax(1) == source_out.argmax(1)).mean())
             if classifier else None}
+
+
+def _probes(options: ConvertOptions, shape: tuple[int, ...]) -> tuple[np.ndarray, dict]:
+    if options.probe_inputs is not None:
+        mean, std = options.input_norm or ([0.0], [1.0])
+        x = load_calibration(options.probe_inputs, shape, mean, std)[: max(options.probes, 1)]
+        return x, {"count": len(x), "kind": "file", "path": str(options.probe_inputs)}
+    x = np.random.default_rng(options.seed).standard_normal(
+        (options.probes, *shape[1:])).astype(np.float32)
+    return x, {"count": len(x), "kind": "synthetic",
+               "note": f"seeded normal noise (seed {options.seed}); pass --probes for real "
+                       "inputs"}
+
+
+def _quantize(plain: PlainModel, options: ConvertOptions, shape, probes, source_out, stage,
+              timings) -> dict:
+    """DFQ, then the one parameter set for every target, then its torch simulation."""
+    t = stage("DFQ: fold BN, equalize per field, absorb high biases, correct bias")
+    if options.dfq.enabled:
+        folded, dfq_report = run_dfq(plain, options.dfq)
+    else:  # integer kernels have no BN: fold it even without DFQ
+        folded, fold_report = fold_batchnorm(plain)
+        dfq_report = {"skipped": "--no-dfq", "passes": {"fold": fold_report}}
+    timings["dfq"] = time.perf_counter() - t
+    t = stage("INT8 parameters (" + ("calibration" if options.calibration else
+                                     "data-free, from BN statistics") + ")")
+    mean, std = options.input_norm or (None, None)
+    cal = None
+    if options.calibration is not None:
+        cal = load_calibration(options.calibration, shape, mean or [0.0], std or [1.0])
+    input_range = None
+    if mean is not None:
+        m, s_ = np.asarray(mean, float), np.asarray(std, float)
+        input_range = (float(((0 - m) / s_).min()), float(((1 - m) / s_).max()))
+    qp = compute_qparams(folded, per_channel=not options.per_tensor, calibration=cal,
+                         input_range=input_range)
+    sim = simulate_with(folded, qp)
+    sim_out = sim.numpy(probes)
+    timings["quantize"] = time.perf_counter() - t
+    row = _runtime_row("torch INT8 simulation", torch.__version__, sim.numpy, plain.spec,
+                       probes, source_out)
+    return {"model": folded, "params": qp, "dfq_report": dfq_report,
+            "simulation_out": sim_out, "simulation_row": row}
+
+
+def _int8_fidelity(runner, probes: np.ndarray, sim_out: np.ndarray) -> dict:
+    """Artifact vs the torch simulation of the same parameters, in output steps."""
+    y = runner.run(probes)
+    step = runner.output_qparams[0] if runner.output_qparams else None
+    diff = float(np.abs(y - sim_out).max())
+    return {"max_abs_err_vs_simulation": diff,
+            "max_steps_vs_simulation": None if not step else round(diff / step, 3),
+            "output_step": step}
 
 
 def _sha256(path: Path) -> str:
@@ -145,9 +208,8 @@ def convert(model_path: str | Path, options: ConvertOptions,
         raise EqdeployError(lint_message(lint), "pass --input-shape with an exact size, or "
                             "--allow-misaligned to convert anyway")
 
-    t = stage(f"verify source and exported graph on {options.probes} probes")
-    probes = np.random.default_rng(options.seed).standard_normal(
-        (options.probes, *shape[1:])).astype(np.float32)
+    probes, probe_info = _probes(options, shape)
+    t = stage(f"verify source and exported graph on {len(probes)} probes")
     source_out = source_fn(probes)
     verification = [_runtime_row(source_name, torch.__version__, source_fn, spec, probes,
                                  source_out),
@@ -165,28 +227,49 @@ def convert(model_path: str | Path, options: ConvertOptions,
                             f"{verification[1]['rel_err_vs_source']:.2e}",
                             "report this model to eqdeploy: an adapter is wrong")
 
+    quant = None
+    if options.int8:
+        quant = _quantize(plain, options, shape, probes, source_out, stage, timings)
+        verification.append(quant.pop("simulation_row"))
+
     options.outdir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".eqdeploy-", dir=options.outdir))
     try:
         artifacts = []
         for target in options.targets:
             path = staging / f"{name}{TARGETS[target]}"
-            t = stage(f"emit {target} -> {options.outdir / path.name}")
-            info = target_module(target).emit(plain, path, batch=batch)
+            t = stage(f"emit {'INT8 ' if quant else ''}{target} -> "
+                      f"{options.outdir / path.name}")
+            if quant:
+                info = target_module(target).emit_int8(quant["model"], quant["params"], path,
+                                                        batch=batch)
+            else:
+                info = target_module(target).emit(plain, path, batch=batch)
             seconds = time.perf_counter() - t
             runner = open_artifact(path)
-            read_back = read_spec(path)
-            if read_back.to_json() != spec.to_json():
+            deployed = quant["model"].spec if quant else spec
+            if read_spec(path).to_json() != deployed.to_json():
                 raise EqdeployError(f"the manifest read back from {path.name} differs",
                                     "report this to eqdeploy")
-            verification.append(_runtime_row(runner.runtime, runner.runtime_version, runner.run,
-                                             spec, probes, source_out))
+            raw = (lambda a, r=runner: r.run_raw(r.quantize_input(a))) if quant else None
+            row = _runtime_row(runner.runtime, runner.runtime_version, runner.run, spec,
+                               probes, source_out, raw=raw)
+            if quant:
+                row.update(_int8_fidelity(runner, probes, quant["simulation_out"]))
+                fp32 = staging / "fp32" / path.name
+                fp32.parent.mkdir(exist_ok=True)
+                target_module(target).emit(plain, fp32, batch=batch)
+                info["fp32_bytes"] = fp32.stat().st_size
+                info["size_ratio_vs_fp32"] = round(path.stat().st_size / fp32.stat().st_size, 4)
+                shutil.rmtree(fp32.parent)
+            verification.append(row)
             np.savez(Path(f"{path}{PROBES_SUFFIX}"), inputs=probes, reference=source_out)
             art = {"target": target, "file": path.name, "bytes": path.stat().st_size,
                    "sha256": _sha256(path), "seconds": round(seconds, 2),
-                   "runtime": runner.runtime, "batch": batch, **info}
+                   "runtime": runner.runtime, "batch": batch,
+                   "precision": "int8" if quant else "fp32", **info}
             sidecar_path(path).write_text(json.dumps(
-                {"symmetry": spec.to_json(), "artifact": art,
+                {"symmetry": deployed.to_json(), "artifact": art,
                  "probes": f"{path.name}{PROBES_SUFFIX}"}, indent=1))
             artifacts.append(art)
         report = {
@@ -195,9 +278,10 @@ def convert(model_path: str | Path, options: ConvertOptions,
             "model": {"file": str(model_path), "format": loaded.format,
                       "group": spec.group.name, "input_shape": list(shape), **plain.info},
             "lint": lint,
-            "probes": {"count": options.probes, "kind": "synthetic",
-                       "note": f"seeded normal noise (seed {options.seed})"},
+            "probes": probe_info,
             "verification": verification,
+            "quantization": None if quant is None else {
+                "params": quant["params"].to_json(), "dfq": quant["dfq_report"]},
             "artifacts": artifacts,
             "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
             "machine": system_info(),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install escnn 1.0.11 into a numpy-2 venv (next to litert-torch), reproducibly.
 #
-#   tools/install_escnn.sh [VENV_PYTHON]      (default: .venv/bin/python)
+#   tools/install_escnn.sh [VENV_PYTHON]      (default: .venv/bin/python of this repo)
 #
 # escnn imports lie_learn at import time. Every lie_learn on PyPI pins numpy<2 and its
 # wheels carry Cython extensions built against numpy 1; the only sdist (0.0.1.post1)
@@ -17,9 +17,9 @@
 # system Python: apt-get install -y gcc python3-dev). Idempotent.
 set -euo pipefail
 
-PY=${1:-.venv/bin/python}
-PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")
+PY=${1:-$(dirname "$0")/../.venv/bin/python}
 [ -x "$PY" ] || { echo "install_escnn: no python at $PY" >&2; exit 1; }
+PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")
 
 ESCNN_VERSION=1.0.11
 FORK_VERSION=0.0.5
@@ -47,9 +47,9 @@ if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
     fi
 fi
 
-NUMPY_MAJOR=$("$PY" -c 'import numpy; print(numpy.__version__.split(".")[0])' 2>/dev/null || echo none)
-if [ "$NUMPY_MAJOR" != 2 ]; then
-    echo "install_escnn: $PY needs numpy 2 installed first (found: $NUMPY_MAJOR)" >&2; exit 1
+NUMPY_VERSION=$("$PY" -c 'import numpy; print(numpy.__version__)' 2>/dev/null || echo none)
+if [ "${NUMPY_VERSION%%.*}" != 2 ]; then
+    echo "install_escnn: $PY needs numpy 2 installed first (found: $NUMPY_VERSION)" >&2; exit 1
 fi
 
 WORK=$(mktemp -d)
@@ -75,7 +75,7 @@ sed -i 's/^INT_TYPE = np\.int$/INT_TYPE = np.int64/' \
     "$SRC/lie_learn/representations/SO3/pinchon_hoggan/pinchon_hoggan.pyx"
 cat > "$SRC/pyproject.toml" <<EOF
 [build-system]
-requires = ["setuptools>=61", "cython>=3.0", "numpy>=2.0"]
+requires = ["setuptools>=77", "cython>=3.0", "numpy==${NUMPY_VERSION}"]
 build-backend = "setuptools.build_meta"
 
 [project]
@@ -84,7 +84,7 @@ version = "${LIE_LEARN_VERSION}"
 description = "lie_learn (lie-learn-escience ${FORK_VERSION} sources) built against numpy 2"
 requires-python = ">=3.8"
 dependencies = ["numpy>=2", "scipy", "requests"]
-license = {text = "MIT"}
+license = "MIT"
 
 [tool.setuptools.packages.find]
 include = ["lie_learn*"]
@@ -92,24 +92,28 @@ include = ["lie_learn*"]
 [tool.setuptools.package-data]
 "*" = ["*.npy", "*.pyx"]
 EOF
+printf '[build_ext]\nparallel = %s\n' "$(nproc 2>/dev/null || echo 2)" > "$SRC/setup.cfg"
 cat > "$SRC/setup.py" <<'EOF'
 import glob
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-exts = [Extension(p[:-4].replace("/", "."), [p], include_dirs=[np.get_include()])
+# -O1 -g0: SO3.c takes ~40 s at the default -O3 -g, ~8 s so (escnn only calls wigner_D_matrix)
+exts = [Extension(p[:-4].replace("/", "."), [p], include_dirs=[np.get_include()],
+                  extra_compile_args=["-O1", "-g0"])
         for p in sorted(glob.glob("lie_learn/**/*.pyx", recursive=True))]
-setup(ext_modules=cythonize(exts, language_level=2, quiet=True))
+setup(ext_modules=cythonize(exts, language_level=2, quiet=True, nthreads=2))
 EOF
 
-# 2. build it (isolated build env: Cython/setuptools/numpy>=2 do not stay in the venv)
+# 2. build it against the venv's own numpy version, in pip's isolated build env (Cython
+#    and setuptools do not stay in the venv)
 pip wheel -q --no-deps "$SRC" -w "$WORK/wheels"
 pip install -q --no-deps --force-reinstall "$WORK"/wheels/lie_learn-*.whl
 
-# 3. escnn and its real runtime dependencies (py3nj left out, see above)
-pip install -q "escnn==${ESCNN_VERSION}" --no-deps
+# 3. escnn's real runtime dependencies, then escnn itself without py3nj (see above)
 pip install -q scipy requests joblib autograd pymanopt
+pip install -q --no-deps "escnn==${ESCNN_VERSION}"
 
 "$PY" - <<'EOF'
 import warnings

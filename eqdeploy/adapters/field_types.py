@@ -16,8 +16,29 @@ from eqdeploy.groups import Element, Group
 from eqdeploy.spec import Layout, Representation
 
 
+def _is_escnn(gspace) -> bool:
+    return type(gspace).__module__.split(".")[0] == "escnn"
+
+
+def _escnn_group_of(gspace) -> Group:
+    """escnn has one gspace class for all planar groups: read its orders and flip axis."""
+    n = getattr(gspace, "rotations_order", None)
+    if getattr(gspace, "dimensionality", 2) != 2 or n is None or n <= 0:
+        raise EqdeployError(f"the model's group {gspace.name} is continuous or not planar",
+                            "use rot2dOnR2(N) or flipRot2dOnR2(N) with N > 0")
+    if gspace.flips_order:
+        axis2 = gspace._sg_id[0]  # twice the flip axis; the default axis pi/2 gives pi
+        if not math.isclose(axis2 % (2 * math.pi), math.pi):
+            raise EqdeployError(f"the model's flip axis is {axis2 / 2:.4f} rad",
+                                "build the gspace with the default axis pi/2")
+        return Group(f"D{n}")
+    return Group(f"C{n}")
+
+
 def group_of(gspace) -> Group:
     """The finite planar group of an e2cnn/escnn gspace."""
+    if _is_escnn(gspace):
+        return _escnn_group_of(gspace)
     fiber = gspace.fibergroup
     order = fiber.order()
     if order is None or order <= 0:
@@ -36,7 +57,16 @@ def group_of(gspace) -> Group:
 
 
 def framework_element(gspace, element: Element):
-    """The e2cnn element (int or (flip, rotation) tuple) for ``element``."""
+    """The library's element for ``element``: e2cnn int or (flip, rotation) tuple, escnn
+    ``GroupElement``."""
+    if _is_escnn(gspace):
+        if gspace.flips_order and gspace.rotations_order > 1:
+            value = (element.flip, element.rotation)
+        elif gspace.flips_order:  # flip2dOnR2: a C2 whose element 1 is the flip
+            value = element.flip
+        else:
+            value = element.rotation
+        return gspace.fibergroup.element(value, "int")
     name = type(gspace).__name__
     if name in ("Flip2dOnR2",):
         return element.flip

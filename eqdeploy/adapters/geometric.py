@@ -171,6 +171,7 @@ _BUILDERS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "PointwiseAdaptiveMaxPool2D": lambda m: nn.AdaptiveMaxPool2d(m.output_size),
     "GroupPooling": _group_pooling,
     "ReLU": lambda m: nn.ReLU(),
+    "LeakyReLU": lambda m: nn.LeakyReLU(m._negative_slope),
     "ELU": lambda m: nn.ELU(m.alpha),
     "PointwiseNonLinearity": _pointwise,
     "PointwiseDropout": lambda m: nn.Identity(),

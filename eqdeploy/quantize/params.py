@@ -34,6 +34,7 @@ SAME_GRID = {*ACTIVATIONS, aten.max_pool2d.default, aten.amax.default, aten.resh
              aten.max.dim, aten.sym_size.int, aten.avg_pool2d.default,
              aten.adaptive_avg_pool2d.default}
 CONV, LINEAR = aten.conv2d.default, aten.linear.default
+AVERAGING = {aten.mean.dim, aten.avg_pool2d.default, aten.adaptive_avg_pool2d.default}
 QMIN, QMAX = -128, 127
 
 
@@ -252,8 +253,13 @@ def calibration_ranges(gm: fx.GraphModule, points: set[str], x: np.ndarray
 
 def compute_qparams(pm, per_channel: bool = True, calibration: np.ndarray | None = None,
                     input_mean: float | np.ndarray = 0.0, input_std: float | np.ndarray = 1.0,
-                    n_sigma: float = 6.0, orbit_shared: bool = True) -> QuantParams:
-    """The parameter set for ``pm`` (BN folded, e.g. the DFQ stage's output)."""
+                    n_sigma: float = 6.0, orbit_shared: bool = True,
+                    input_range: tuple[float, float] | None = None) -> QuantParams:
+    """The parameter set for ``pm`` (BN folded, e.g. the DFQ stage's output).
+
+    ``input_range``: the exact range of the model input when its normalization is known
+    (pixels in [0, 1] normalized by mean/std give [-mean/std, (1-mean)/std]).
+    """
     from eqdeploy.dfq.graph import STATS_KEY, layers
 
     gm = pm.program.module()
@@ -266,17 +272,26 @@ def compute_qparams(pm, per_channel: bool = True, calibration: np.ndarray | None
     else:
         stats = propagate_stats(gm, pm.info.get(STATS_KEY, {}), np.asarray(input_mean, float),
                                 np.asarray(input_std, float))
-        ranges = {}
-        for q, node in points.items():
+        ranges: dict[str, tuple[float, float]] = {}
+        for q, node in points.items():  # graph order: an op's inputs come first
             mu, sd = stats[q]
             lo, hi = float((mu - n_sigma * sd).min()), float((mu + n_sigma * sd).max())
             clip_lo, clip_hi = act_clip(node)
+            if node.target in AVERAGING:  # a mean stays within its input's range
+                src = qp_source = grid.get(node.args[0].name)
+                if qp_source in ranges:
+                    clip_lo, clip_hi = max(clip_lo, ranges[src][0]), min(clip_hi, ranges[src][1])
             ranges[q] = (float(np.clip(lo, clip_lo, clip_hi)), float(np.clip(hi, clip_lo,
                                                                              clip_hi)))
         source = "bn-stats"
         notes.append(f"data-free ranges: mean +- {n_sigma} std per channel; input assumed "
                      f"mean {np.asarray(input_mean).tolist()}, std "
                      f"{np.asarray(input_std).tolist()}")
+    inputs = [q for q, node in points.items() if node.op == "placeholder"]
+    if input_range is not None:
+        for q in inputs:
+            ranges[q] = (float(input_range[0]), float(input_range[1]))
+        notes.append(f"input range {list(input_range)} from the declared normalization")
     weights = {}
     for name, layer in layers(pm).items():
         sl = weight_slices(pm, name, layer.out_channels, orbit_shared)

@@ -37,3 +37,14 @@ def add_manifest(model: onnx.ModelProto, text: str) -> None:
             model.metadata_props.remove(prop)
     entry = model.metadata_props.add()
     entry.key, entry.value = SCHEMA, text
+
+
+def emit_int8(plain: PlainModel, qp, path: Path, batch: int = 1) -> dict:
+    """QDQ ONNX with the given parameter set, run by ORT's integer kernels (``onnx_int8``)."""
+    from eqdeploy.targets.onnx_int8 import emit_int8 as _emit_int8
+
+    info = _emit_int8(plain, qp, path, batch=batch)
+    model = onnx.load(str(path))
+    add_manifest(model, plain.spec.dumps())
+    onnx.save_model(model, str(path))
+    return info

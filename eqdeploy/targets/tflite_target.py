@@ -30,11 +30,15 @@ def emit(plain: PlainModel, path: Path, batch: int = 1, **convert_kwargs) -> dic
         edge.export(str(raw))
         content = raw.read_bytes()
     path.write_bytes(with_metadata(content, SCHEMA, plain.spec.dumps().encode()))
+    return {"ops": tflite_ops(path)}
+
+
+def tflite_ops(path: Path) -> list[str]:
+    """The builtin operators a .tflite uses."""
     model = schema.Model.GetRootAs(path.read_bytes(), 0)
     graph = model.Subgraphs(0)
-    ops = {schema_op_name(model.OperatorCodes(graph.Operators(i).OpcodeIndex()))
-           for i in range(graph.OperatorsLength())}
-    return {"ops": sorted(ops)}
+    return sorted({schema_op_name(model.OperatorCodes(graph.Operators(i).OpcodeIndex()))
+                   for i in range(graph.OperatorsLength())})
 
 
 def schema_op_name(code) -> str:
@@ -58,3 +62,10 @@ def with_metadata(content: bytes, name: str, data: bytes) -> bytes:
     builder = flatbuffers.Builder(len(content) + len(data) + 1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+def emit_int8(plain: PlainModel, qp, path: Path, batch: int = 1) -> dict:
+    """Fully-integer .tflite with the given parameter set (see ``tflite_int8``)."""
+    from eqdeploy.targets.tflite_int8 import emit_int8 as _emit_int8
+
+    return _emit_int8(plain, qp, path, batch)

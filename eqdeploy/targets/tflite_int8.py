@@ -1,0 +1,143 @@
+"""Fully-integer TFLite through litert-torch's PT2E flow, with *our* parameters forced in.
+
+``prepare_pt2e`` with litert's quantizer decides where quantize/dequantize pairs go (and
+which tensors share parameters); every observer it inserts is then replaced by one that
+returns the parameters of our set (``QuantParams``) for the tensor it observes, so the
+scales land verbatim in the .tflite: activations per tensor, weights per output channel
+with one scale per field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import fx
+
+from eqdeploy.errors import EqdeployError
+from eqdeploy.export import PlainModel
+from eqdeploy.quantize.params import QuantParams
+
+
+def _fixed_observer_cls():
+    from torchao.quantization.pt2e import ObserverBase
+
+    class FixedQParamsObserver(ObserverBase):
+        """An observer that observes nothing and returns the parameters it was given."""
+
+        def __init__(self, scale, zero_point, qscheme, quant_min: int, quant_max: int,
+                     ch_axis: int = 0) -> None:
+            super().__init__(dtype=torch.int8)
+            self.qscheme, self.quant_min, self.quant_max = qscheme, quant_min, quant_max
+            self.ch_axis = ch_axis
+            self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+            self.register_buffer("zero_point", torch.as_tensor(zero_point, dtype=torch.int32))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+        def calculate_qparams(self):
+            return self.scale, self.zero_point
+
+    return FixedQParamsObserver
+
+
+def _observed_point(node: fx.Node, qp: QuantParams) -> str:
+    """The quant point whose parameters the tensor at ``node`` carries."""
+    seen = node
+    while seen.name not in qp.grid:
+        if not seen.args or not isinstance(seen.args[0], fx.Node):
+            raise EqdeployError(f"no quantization parameters for tensor {node.name}",
+                                "report this model to eqdeploy")
+        seen = seen.args[0]
+    return qp.grid[seen.name]
+
+
+def force_parameters(prepared: fx.GraphModule, qp: QuantParams) -> int:
+    """Replace every observer of a prepared PT2E graph; returns how many were replaced."""
+    fixed = _fixed_observer_cls()
+    count = 0
+    for node in list(prepared.graph.nodes):
+        if node.op != "call_module" or not node.target.startswith("activation_post_process"):
+            continue
+        src = node.args[0]
+        if src.op == "get_attr":  # a weight: its consumer is the conv/linear
+            layer = next(u for u in node.users if u.op == "call_function")
+            if layer.name not in qp.weights:
+                raise EqdeployError(f"no weight scales for layer {layer.name}",
+                                    "report this model to eqdeploy")
+            s = torch.as_tensor(qp.weights[layer.name], dtype=torch.float32)
+            obs = fixed(s, torch.zeros(len(s), dtype=torch.int32),
+                        torch.per_channel_symmetric, -127, 127)
+        else:
+            scale, zp = qp.activations[_observed_point(src, qp)]
+            obs = fixed(scale, zp, torch.per_tensor_affine, -128, 127)
+        setattr(prepared, node.target, obs)
+        count += 1
+    return count
+
+
+def emit_int8(plain: PlainModel, qp: QuantParams, path: Path, batch: int = 1) -> dict:
+    """Write a fully-integer (int8 I/O) .tflite of ``plain`` (BN folded) with ``qp``."""
+    import litert_torch
+    from litert_torch.quantize.pt2e_quantizer import (
+        PT2EQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from eqdeploy.spec import SCHEMA
+    from eqdeploy.targets.tflite_target import tflite_ops, with_metadata
+
+    example = plain.example[:1].repeat(batch, 1, 1, 1)
+    quantizer = PT2EQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True))
+    with contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory() as tmp:
+        prepared = prepare_pt2e(plain.static_program(batch).module(), quantizer)
+        replaced = force_parameters(prepared, qp)
+        prepared(example)
+        converted = convert_pt2e(prepared, fold_quantize=False)
+        edge = litert_torch.convert(converted, (example,),
+                                    quant_config=QuantConfig(pt2e_quantizer=quantizer))
+        raw = Path(tmp) / "model.tflite"
+        edge.export(str(raw))
+        content = raw.read_bytes()
+    path.write_bytes(with_metadata(content, SCHEMA, plain.spec.dumps().encode()))
+    return {"ops": tflite_ops(path), "forced_observers": replaced,
+            "float_tensors": float_tensors(path)}
+
+
+def float_tensors(path: Path) -> list[str]:
+    """Names of float32 tensors in a .tflite (none in a fully-integer model)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(path.read_bytes(), 0)
+    graph = model.Subgraphs(0)
+    return [graph.Tensors(i).Name().decode() for i in range(graph.TensorsLength())
+            if graph.Tensors(i).Type() == schema.TensorType.FLOAT32]
+
+
+def tflite_parameters(path: Path) -> dict:
+    """Every quantization parameter in a .tflite: per-tensor (scale, zp) of activations and
+    per-channel scale vectors of weights."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(path.read_bytes(), 0)
+    graph = model.Subgraphs(0)
+    acts, weights = set(), []
+    for i in range(graph.TensorsLength()):
+        t = graph.Tensors(i)
+        q = t.Quantization()
+        if q is None or q.ScaleLength() == 0 or t.Type() != schema.TensorType.INT8:
+            continue
+        scales = q.ScaleAsNumpy()
+        if q.ScaleLength() > 1 or model.Buffers(t.Buffer()).DataLength() > 0:
+            weights.append(np.asarray(scales, dtype=np.float32))
+        else:
+            acts.add((float(np.float32(scales[0])), int(q.ZeroPointAsNumpy()[0])))
+    return {"activations": acts, "weights": weights}

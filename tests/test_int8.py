@@ -1,0 +1,143 @@
+"""INT8 artifacts: forced orbit-shared parameters, fully integer, bit-exact equivariance."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from eqdeploy.errors import EqdeployError
+from eqdeploy.quantize.calibrate import load_calibration
+from eqdeploy.targets.tflite_int8 import float_tensors, tflite_parameters
+
+REFERENCE = ["c4_cnn", "c8_residual", "d4_cnn"]
+
+
+@pytest.fixture(scope="session")
+def int8_converted(tmp_path_factory):
+    """Each reference model converted to INT8 TFLite (+ ONNX when available), defaults."""
+    import torch
+
+    from eqdeploy.convert import ConvertOptions, convert
+    from eqdeploy.models import reference as R
+    from eqdeploy.targets import target_module
+
+    onnx_ready = True
+    try:
+        target_module("onnx").emit_int8  # noqa: B018
+        import eqdeploy.targets.onnx_int8  # noqa: F401
+    except ImportError:
+        onnx_ready = False
+    out = {}
+    for name in REFERENCE:
+        d = tmp_path_factory.mktemp(f"{name}_int8")
+        path = d / f"{name}.pt"
+        torch.save(getattr(R, name)().state_dict(), path)
+        n = R.EXACT_SIZES[name]
+        opts = ConvertOptions(targets=["onnx", "tflite"] if onnx_ready else ["tflite"],
+                              outdir=d / "out", input_shape=(1, 1, n, n),
+                              arch=f"eqdeploy.models.reference:{name}", int8=True,
+                              probes=32)
+        out[name] = (convert(path, opts), d / "out")
+    return out
+
+
+def _rows(report, runtime):
+    return next(v for v in report["verification"] if v["runtime"] == runtime)
+
+
+@pytest.mark.parametrize("name", REFERENCE)
+def test_tflite_int8_is_fully_integer_and_bit_exact(name, int8_converted):
+    report, outdir = int8_converted[name]
+    art = outdir / f"{name}.tflite"
+    assert float_tensors(art) == []
+    row = _rows(report, "ai-edge-litert")
+    assert [r["changed"] for r in row["equivariance"]] == [0] * len(row["equivariance"])
+    assert len(row["equivariance"]) == {"c4_cnn": 3, "c8_residual": 3, "d4_cnn": 7}[name]
+    assert row["top1_agreement_vs_source"] >= 0.9
+    assert row["max_steps_vs_simulation"] <= 1.0 + 1e-3
+
+
+@pytest.mark.parametrize("name", REFERENCE)
+def test_forced_parameters_land_verbatim_in_tflite(name, int8_converted):
+    report, outdir = int8_converted[name]
+    params = report["quantization"]["params"]
+    found = tflite_parameters(outdir / f"{name}.tflite")
+    expect_acts = {(float(np.float32(a["scale"])), a["zero_point"])
+                   for a in params["activations"].values()}
+    assert found["activations"] == expect_acts
+    expect_w = sorted(tuple(np.float32(v)) for v in params["weights"].values())
+    assert sorted(tuple(w) for w in found["weights"]) == expect_w
+
+
+def test_weight_scales_equal_within_fields(int8_converted):
+    report, outdir = int8_converted["c8_residual"]
+    spec = json.loads((outdir / "c8_residual.tflite.eqdeploy.json").read_text())["symmetry"]
+    reps = spec["representations"]
+    checked = 0
+    for node, scales in report["quantization"]["params"]["weights"].items():
+        layout = spec["tensors"].get(node)
+        if layout is None:
+            continue
+        for start, rep in layout["fields"]:
+            size = reps[rep]["size"]
+            assert len(set(scales[start:start + size])) == 1, (node, start)
+            checked += 1
+    assert checked >= 16
+
+
+def test_calibrated_ranges_also_work(tmp_path):
+    import torch
+
+    from eqdeploy.convert import ConvertOptions, convert
+    from eqdeploy.models import reference as R
+
+    path = tmp_path / "c4.pt"
+    torch.save(R.c4_cnn().state_dict(), path)
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, calib=np.random.default_rng(3).standard_normal((48, 1, 29, 29))
+             .astype(np.float32))
+    report = convert(path, ConvertOptions(outdir=tmp_path / "out", input_shape=(1, 1, 29, 29),
+                                          arch="eqdeploy.models.reference:c4_cnn", int8=True,
+                                          calibration=cal))
+    assert report["quantization"]["params"]["scheme"]["ranges_from"] == "calibration"
+    row = _rows(report, "ai-edge-litert")
+    assert max(r["changed"] for r in row["equivariance"]) == 0
+    assert row["top1_agreement_vs_source"] >= 0.9
+
+
+@pytest.mark.parametrize("content,match", [
+    ("empty_dir", "has no images"),
+    ("bad_shape", "holds shape (4, 1, 7, 7)"),
+    ("garbage", "unreadable"),
+])
+def test_bad_calibration_input_is_one_line(content, match, tmp_path):
+    if content == "empty_dir":
+        path = tmp_path / "cal"
+        path.mkdir()
+    elif content == "bad_shape":
+        path = tmp_path / "cal.npz"
+        np.savez(path, calib=np.zeros((4, 1, 7, 7), np.float32))
+    else:
+        path = tmp_path / "cal.npz"
+        path.write_bytes(b"not an npz at all")
+    with pytest.raises(EqdeployError) as err:
+        load_calibration(path, (1, 1, 29, 29))
+    msg = str(err.value)
+    assert match in msg and str(path) in msg and "\n" not in msg
+    if content != "empty_dir":
+        assert "(N, 1, 29, 29)" in msg
+
+
+def test_image_folder_calibration(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray((np.random.default_rng(i).random((40, 50)) * 255).astype(np.uint8)
+                        ).save(folder / f"{i}.png")
+    x = load_calibration(folder, (1, 1, 29, 29), [0.5], [0.25])
+    assert x.shape == (3, 1, 29, 29) and x.dtype == np.float32
+    assert x.min() >= -2.0 - 1e-6 and x.max() <= 2.0 + 1e-6
