@@ -95,8 +95,12 @@ Examples:
               help="Factory building the model for a state-dict checkpoint (loaded with "
                    "weights_only=True: the safe path for untrusted files).")
 @click.option("--group", default=None, metavar="NAME",
-              help="Expected symmetry group (C4, D4, C8, ...): conversion stops if the model's "
-                   "group differs.")
+              help="Symmetry group (C4, D4, C8, ...). e2cnn/escnn models: conversion stops "
+                   "if the model's group differs. Plain-PyTorch and TorchScript models: "
+                   "required; the channel layouts are discovered by probing.")
+@click.option("--allow-broken", is_flag=True,
+              help="With --group discovery: report tensors that are not equivariant instead "
+                   "of stopping.")
 @click.option("--int8", is_flag=True,
               help="Quantize to INT8 (DFQ first, one orbit-shared parameter set for all "
                    "targets; fully-integer TFLite, QDQ ONNX).")
@@ -125,7 +129,7 @@ Examples:
               help="Convert even if the input size makes 90-degree rotations inexact.")
 def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, calibration,
             input_norm, no_dfq, no_cle, no_absorb, no_bias_correction, orbit_agnostic,
-            probe_inputs, n_probes, allow_misaligned):
+            probe_inputs, n_probes, allow_misaligned, allow_broken):
     """Convert an equivariant MODEL to a plain conv network and write verified artifacts.
 
     MODEL is a whole pickled model (torch.save(model), pickle/dill/cloudpickle: unpickling
@@ -147,7 +151,8 @@ def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, c
                      weights="per_tensor" if per_tensor else "per_channel")
     opts = ConvertOptions(targets=targets, outdir=Path(outdir),
                           input_shape=_parse_shape(input_shape), arch=arch, group=group,
-                          probes=n_probes, allow_misaligned=allow_misaligned, int8=int8,
+                          probes=n_probes, allow_misaligned=allow_misaligned,
+                          allow_broken=allow_broken, int8=int8,
                           per_tensor=per_tensor,
                           calibration=Path(calibration) if calibration else None,
                           input_norm=_parse_norm(input_norm),

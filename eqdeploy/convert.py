@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from eqdeploy import __version__
+from eqdeploy.adapters.plain import discover_plain
 from eqdeploy.dfq import DfqOptions, fold_batchnorm, run_dfq
 from eqdeploy.errors import EqdeployError
-from eqdeploy.export import PlainModel, export_equivariant
+from eqdeploy.export import PlainModel, detect_framework, export_equivariant
 from eqdeploy.harness.equivariance import equivariance_table, relative_error
 from eqdeploy.harness.probes import PROBES_SUFFIX
 from eqdeploy.harness.runtime import open_artifact, read_spec, sidecar_path
@@ -55,6 +56,7 @@ class ConvertOptions:
     probe_inputs: Path | None = None  # .npz / image folder of real inputs (else noise)
     seed: int = 0
     allow_misaligned: bool = False
+    allow_broken: bool = False  # with --group discovery: report non-equivariant tensors
     int8: bool = False
     per_tensor: bool = False
     calibration: Path | None = None
@@ -195,7 +197,18 @@ def convert(model_path: str | Path, options: ConvertOptions,
         plain = PlainModel(loaded.program, loaded.spec, example, dict(loaded.info or {}))
         source_fn, source_name = _torch_fn(loaded.program.module()), "source (.pt2 graph)"
     else:
-        plain = export_equivariant(source, example, options.group)
+        scripted = isinstance(source, torch.jit.ScriptModule)
+        if scripted or detect_framework(source) is None:
+            if not options.group:
+                raise EqdeployError("the model has no e2cnn/escnn field types"
+                                    + (" (TorchScript)" if scripted else ""),
+                                    "pass --group C4|D4|C8|... so eqdeploy discovers the "
+                                    "channel layouts by probing")
+            plain = discover_plain(source, example, options.group,
+                                   allow_broken=options.allow_broken)
+            plain.info.setdefault("framework", "plain torch (discovered)")
+        else:
+            plain = export_equivariant(source, example, options.group)
         source_fn = _torch_fn(source)
         source_name = f"source ({plain.info['framework']})"
     timings["export"] = time.perf_counter() - t

@@ -112,9 +112,8 @@ def export_equivariant(model: nn.Module, example: torch.Tensor,
     framework = detect_framework(model)
     if framework is None:
         raise EqdeployError("the model has no e2cnn/escnn modules, so eqdeploy cannot read its "
-                            "field types", "plain-PyTorch group convs need orbit discovery, "
-                            "which this version does not have yet; build the model with e2cnn "
-                            "or escnn")
+                            "field types", "pass --group C4|D4|... to discover the layouts "
+                            "of a plain-PyTorch group-conv model by probing")
     if framework == "e2cnn":
         e2cnn_compat.install()
     trainable = sum(p.numel() for p in model.parameters())

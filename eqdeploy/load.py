@@ -4,7 +4,8 @@ Formats: ``.pt2`` ExportedProgram with an embedded eqdeploy manifest (the hand-o
 ``eqdeploy export`` in another environment); a state-dict checkpoint with ``--arch
 package.module:factory`` (``weights_only=True``: the safe path); a whole pickled module
 (``torch.save(model)`` with pickle, dill or cloudpickle). Unpickling runs code from the
-file: load only files you trust. TorchScript files are recognised and refused with a hint.
+file: load only files you trust. TorchScript files load with ``torch.jit.load``; they carry no
+field types, so ``convert`` needs ``--group`` to discover their layouts.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from eqdeploy.spec import SCHEMA, SymmetrySpec
 class Loaded:
     """What a model file held: a module, or an exported program with its manifest."""
 
-    format: str  # "pt2" | "state_dict+arch" | "pickle" | "dill" | "cloudpickle"
+    format: str  # "pt2" | "state_dict+arch" | "pickle" | "dill" | "cloudpickle" | "torchscript"
     module: nn.Module | None = None
     program: torch.export.ExportedProgram | None = None
     spec: SymmetrySpec | None = None
@@ -134,9 +135,14 @@ def load_model(path: str | Path, arch: str | None = None) -> Loaded:
     if path.suffix == ".pt2":
         return _load_pt2(path)
     if _is_torchscript(path):
-        raise EqdeployError(f"{path} is a TorchScript file, whose field types are lost",
-                            "convert the original e2cnn/escnn model, or export it with "
-                            "'eqdeploy export' in its environment")
+        try:
+            script = torch.jit.load(str(path), map_location="cpu")
+        except Exception as e:  # noqa: BLE001
+            raise EqdeployError(f"cannot read TorchScript file {path} "
+                                f"({str(e).strip().splitlines()[0][:160]})",
+                                "save it again with torch.jit.trace(model, x).save(path)"
+                                ) from None
+        return Loaded("torchscript", module=script.eval())
     if arch is not None:
         model = _factory(arch)()
         if not isinstance(model, nn.Module):

@@ -98,8 +98,9 @@ def test_corrupt_files(content, match, tmp_path):
 def test_torchscript_is_recognised(c4, tmp_path):
     path = tmp_path / "ts.pt"
     torch.jit.trace(c4, torch.zeros(1, 1, 29, 29)).save(str(path))
-    with pytest.raises(EqdeployError, match="TorchScript"):
-        load_model(path)
+    loaded = load_model(path)
+    assert loaded.format == "torchscript"
+    assert isinstance(loaded.module, torch.jit.ScriptModule)
 
 
 def test_missing_file_and_bad_arch(tmp_path):

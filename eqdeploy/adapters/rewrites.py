@@ -1,0 +1,213 @@
+"""Rewrites that make plain-PyTorch group convs a plain 2D graph edge runtimes handle well.
+
+- ``rewrite_stacked_conv3d`` (module level, before export): a ``Conv3d`` with a
+  ``(1, k, k)`` kernel over a stacked group axis ``(N, C, G, H, W)`` applies one 2D filter
+  bank to each of the G copies. It becomes a ``Conv2d`` on the tensor reshaped to
+  ``(N, C*G, H, W)`` (channel ``c*G + g``, so each group orbit is contiguous and becomes
+  one field) with the block-diagonal weight ``W2[o*G+g, c*G+g'] = W[o, c] delta(g, g')``;
+  the output is reshaped back to ``(N, O, G, H', W')``. Exact (the extra terms are zeros),
+  at the price of G times the multiply-adds of the Conv3d (a grouped conv would keep the
+  cost but interleave the orbits, which a contiguous-field layout cannot describe).
+- ``fold_constants`` (graph level, after export): every op that depends on parameters and
+  constants only (a GrouPy filter bank built by ``rot90``/index gathers/``roll`` each
+  forward, a repeated bias) is evaluated once and replaced by a constant parameter, so the
+  graph has a plain ``conv2d`` with a constant weight that DFQ and quantization can edit.
+- ``convolution_to_conv2d``: ``aten.convolution`` (TorchScript conversions produce it) ->
+  ``aten.conv2d`` when it is a plain 2D, non-transposed convolution.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import fx, nn
+
+aten = torch.ops.aten
+_NONDETERMINISTIC = ("rand", "dropout", "bernoulli", "normal", "uniform", "empty", "multinomial")
+
+
+class StackedConv2d(nn.Module):
+    """A ``Conv3d`` with a ``(1, k, k)`` kernel over ``(N, C, G, H, W)`` as one ``Conv2d``."""
+
+    def __init__(self, conv: nn.Conv3d, copies: int) -> None:
+        super().__init__()
+        w = conv.weight.detach()[:, :, 0]  # (O, C, k, k)
+        o, c, kh, kw = w.shape
+        eye = torch.eye(copies, dtype=w.dtype)
+        w2 = torch.einsum("ocij,gh->ogchij", w, eye).reshape(o * copies, c * copies, kh, kw)
+        self.weight = nn.Parameter(w2.contiguous(), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(
+            conv.bias.detach().repeat_interleave(copies), requires_grad=False)
+        self.copies, self.out_fields = copies, o
+        self.stride, self.padding = conv.stride[1:], conv.padding[1:]
+        self.dilation = conv.dilation[1:]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(x.flatten(1, 2), self.weight, self.bias, self.stride, self.padding,
+                     self.dilation)
+        return y.unflatten(1, (self.out_fields, self.copies))
+
+
+def _is_stacked_conv3d(m: nn.Module) -> bool:
+    return (isinstance(m, nn.Conv3d) and m.kernel_size[0] == 1 and m.stride[0] == 1
+            and m.dilation[0] == 1 and m.groups == 1 and m.padding_mode == "zeros"
+            and isinstance(m.padding, tuple) and m.padding[0] == 0)
+
+
+@dataclass
+class Rewrite:
+    path: str
+    kind: str
+    note: str
+
+    def to_json(self) -> dict:
+        return {"module": self.path, "kind": self.kind, "note": self.note}
+
+
+def rewrite_stacked_conv3d(model: nn.Module, example: torch.Tensor
+                           ) -> tuple[nn.Module, list[Rewrite]]:
+    """A copy of ``model`` with every (1, k, k) ``Conv3d`` replaced by ``StackedConv2d``.
+
+    The number of stacked copies of each layer is read from one forward on ``example``.
+    Returns the model unchanged (not copied) when it has no such layer.
+    """
+    targets = {p: m for p, m in model.named_modules() if _is_stacked_conv3d(m)}
+    if not targets:
+        return model, []
+    copies: dict[str, int] = {}
+
+    def record(path: str):
+        def hook(mod, args) -> None:
+            copies.setdefault(path, int(args[0].shape[2]))
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(p)) for p, m in targets.items()]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    new = copy.deepcopy(model)
+    done = []
+    for path in targets:
+        if path not in copies:  # never called
+            continue
+        parent_path, _, name = path.rpartition(".")
+        parent = new.get_submodule(parent_path) if parent_path else new
+        conv = getattr(parent, name)
+        setattr(parent, name, StackedConv2d(conv, copies[path]))
+        k = conv.kernel_size
+        done.append(Rewrite(path, "conv3d(1,k,k)->conv2d",
+                            f"{tuple(k)} kernel over {copies[path]} stacked copies -> conv2d "
+                            f"{conv.in_channels * copies[path]}->"
+                            f"{conv.out_channels * copies[path]} channels, block-diagonal"))
+    return new, done
+
+
+# --- graph level ---------------------------------------------------------------------------
+def _get_attr(gm: nn.Module, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _inputs(node: fx.Node) -> list[fx.Node]:
+    return list(node.all_input_nodes)
+
+
+def _deterministic(node: fx.Node) -> bool:
+    name = str(node.target).lower()
+    return not any(w in name for w in _NONDETERMINISTIC)
+
+
+def _remove_unused_attrs(gm: fx.GraphModule) -> None:
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    for name, _ in list(gm.named_parameters(remove_duplicate=False)) + \
+            list(gm.named_buffers(remove_duplicate=False)):
+        if name in used:
+            continue
+        owner_path, _, attr = name.rpartition(".")
+        owner = gm.get_submodule(owner_path) if owner_path else gm
+        if attr in owner._parameters:
+            del owner._parameters[attr]
+        elif attr in owner._buffers:
+            del owner._buffers[attr]
+
+
+def fold_constants(gm: fx.GraphModule) -> list[str]:
+    """Evaluate input-independent tensor ops in ``gm`` (an unlifted ``program.module()``)
+    and replace them by constant parameters, in place. Returns the folded node names (the
+    ones now read as parameters)."""
+    const: dict[str, object] = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            const[node.name] = _get_attr(gm, node.target)
+        elif node.op == "call_function" and _deterministic(node) and \
+                all(a.name in const for a in _inputs(node)):
+            args = fx.node.map_arg(node.args, lambda a: const[a.name])
+            kwargs = fx.node.map_arg(node.kwargs, lambda a: const[a.name])
+            try:
+                with torch.no_grad():
+                    const[node.name] = node.target(*args, **kwargs)
+            except Exception:  # noqa: BLE001 - leave anything that cannot run eagerly
+                continue
+    folded = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.name not in const:
+            continue
+        val = const[node.name]
+        if not isinstance(val, torch.Tensor) or not val.is_floating_point():
+            continue
+        if all(u.name in const for u in node.users):
+            continue  # interior of a constant subgraph: only its frontier is kept
+        attr = f"_folded_{node.name}"
+        gm.register_parameter(attr, nn.Parameter(val.detach().clone().contiguous(),
+                                                 requires_grad=False))
+        with gm.graph.inserting_before(node):
+            new = gm.graph.get_attr(attr)
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        folded.append(node.name)
+    if folded:
+        gm.graph.eliminate_dead_code()
+        _remove_unused_attrs(gm)
+        gm.recompile()
+    return folded
+
+
+def convolution_to_conv2d(gm: fx.GraphModule) -> int:
+    """Replace 2D non-transposed ``aten.convolution`` nodes by ``aten.conv2d``, in place."""
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target != aten.convolution.default:
+            continue
+        x, w, b, stride, padding, dilation, transposed, _out_pad, groups = node.args
+        val = getattr(w, "meta", {}).get("val")
+        ndim = val.dim() if isinstance(val, torch.Tensor) else len(stride) + 2
+        if transposed or ndim != 4:
+            continue
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_function(aten.conv2d.default,
+                                         (x, w, b, list(stride), list(padding), list(dilation),
+                                          groups))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        count += 1
+    if count:
+        gm.recompile()
+    return count
+
+
+def drop_guards(gm: fx.GraphModule) -> None:
+    """Remove the ``_guards_fn`` call an unlifted program carries (it blocks re-export)."""
+    for n in list(gm.graph.nodes):
+        if n.op == "call_module" and n.target == "_guards_fn":
+            gm.graph.erase_node(n)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()

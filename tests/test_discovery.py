@@ -1,0 +1,180 @@
+"""Orbit discovery on plain-PyTorch group convs, and its cross-check with e2cnn's layouts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from eqdeploy.adapters.plain import (
+    discover_plain,
+    export_plain,
+    match_channels,
+    regular_perms,
+)
+from eqdeploy.errors import EqdeployError
+from eqdeploy.export import export_equivariant
+from eqdeploy.groups import Group
+from eqdeploy.harness.equivariance import equivariance_table
+from eqdeploy.models import plain_groupconv as P
+from eqdeploy.models.reference import EXACT_SIZES
+
+PLAIN = ["p4cnn", "rotstack_c4"]
+
+
+def _np(fn):
+    def run(x):
+        with torch.no_grad():
+            return fn(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+    return run
+
+
+@pytest.fixture(scope="module")
+def plain_models():
+    out = {}
+    for name in PLAIN:
+        model = getattr(P, name)()
+        n = P.EXACT_SIZES[name]
+        out[name] = (model, discover_plain(model, torch.zeros(1, 1, n, n), "C4"))
+    return out
+
+
+def _convs(pm):
+    return [n for n in pm.program.graph.nodes
+            if n.op == "call_function" and n.target == torch.ops.aten.conv2d.default]
+
+
+@pytest.mark.parametrize("name", PLAIN)
+def test_discovery_recovers_regular_fields(name, plain_models):
+    _, pm = plain_models[name]
+    spec = pm.spec
+    reps = spec.representations
+    convs = _convs(pm)
+    assert len(convs) == 3
+    # every conv output: regular C4 fields of 4 channels each, cyclic shift by one per r1
+    for c in convs:
+        lay = spec.tensors[c.name]
+        assert {reps[r].kind for _, r in lay.fields} == {"regular"}
+        assert all(e - s == 4 for s, e in spec.field_slices(lay))
+        perm = spec.channel_perm(lay, spec.group.element("r1"))
+        shift = (perm.reshape(-1, 4) - np.arange(0, lay.channels, 4)[:, None])
+        assert (shift == shift[0]).all() and sorted(shift[0]) == [0, 1, 2, 3]
+        assert spec.channel_perm(lay, spec.group.element("r2")).tolist() == \
+            perm[perm].tolist()
+        # GrouPy maps rotate with the input; stacked copies are only permuted
+        assert lay.spatial == (name == "p4cnn")
+    assert spec.output_is_invariant() and not spec.output.spatial
+    assert {reps[r].kind for _, r in spec.input.fields} == {"trivial"}
+    assert "broken_tensors" not in pm.info
+
+
+def test_rewrites_give_plain_conv2d_with_constant_weights(plain_models):
+    for name in PLAIN:
+        _, pm = plain_models[name]
+        targets = {str(n.target) for n in pm.program.graph.nodes if n.op == "call_function"}
+        assert not [t for t in targets if "conv3d" in t or "convolution" in t], name
+        sig = pm.program.graph_signature
+        for c in _convs(pm):
+            w = c.args[1]
+            assert w.op == "placeholder" and w.name in sig.inputs_to_parameters, (name, w)
+    # GrouPy filter banks (rot90 + index gather of the parameters) were folded away
+    _, pm = plain_models["p4cnn"]
+    data = {n.name for n in pm.program.graph.nodes if n.op == "call_function"}
+    assert not [n for n in data if n.startswith(("rot90", "index", "stack"))]
+
+
+@pytest.mark.parametrize("name", PLAIN)
+def test_graph_matches_source_and_is_invariant(name, plain_models):
+    model, pm = plain_models[name]
+    n = P.EXACT_SIZES[name]
+    probes = np.random.default_rng(3).standard_normal((6, 1, n, n)).astype(np.float32)
+    src = _np(model)(probes)
+    out = _np(pm.module())(probes)
+    assert np.abs(out - src).max() <= 1e-5 * np.abs(src).max()
+    rows = equivariance_table(_np(pm.module()), pm.spec, probes)
+    assert [r["element"] for r in rows] == ["r1", "r2", "r3"]
+    assert max(r["rel_err_max"] for r in rows) <= 1e-5
+
+
+def test_broken_layer_is_named():
+    example = torch.zeros(1, 1, 29, 29)
+    program, _ = export_plain(P.broken_p4cnn(), example)  # export once, discover twice
+    with pytest.raises(EqdeployError) as err:
+        discover_plain(program, example, "C4")
+    msg = str(err.value)
+    assert "module mix" in msg and "not equivariant under r1" in msg
+    assert msg.startswith("tensor conv2d_2 ")  # the 1x1 conv's output, first broken tensor
+    pm = discover_plain(program, example, "C4", allow_broken=True)
+    broken = pm.info["broken_tensors"]
+    assert next(iter(broken)) == "conv2d_2" and broken["conv2d_2"]["module"] == "mix"
+    assert "conv2d_2" not in pm.spec.tensors and "conv2d_1" in pm.spec.tensors
+
+
+@pytest.mark.parametrize("name", ["c4_cnn", "d4_cnn", "c8_residual"])
+def test_discovered_layouts_equal_declared_e2cnn_layouts(name, reference_models):
+    """The strongest true statement: for every tensor the e2cnn export declares, discovery
+    finds the same field boundaries, kinds and sizes, and for *every* group element the
+    same full channel permutation (not only up to relabeling: with generic weights the
+    permutation with T(g.x) == g.T(x) is unique, and e2cnn's satisfies it). For C8 the
+    45-degree perms are derived (canonical regular order) and still equal e2cnn's."""
+    n = EXACT_SIZES[name]
+    example = torch.zeros(1, 1, n, n)
+    declared = export_equivariant(reference_models[name], example)
+    found = discover_plain(declared.program, example, declared.spec.group.name)
+    ds, fs = declared.spec, found.spec
+    assert fs.group == ds.group
+    assert set(fs.tensors) == set(ds.tensors)
+    convs = {c.name for c in _convs(declared)}
+    assert convs <= set(ds.tensors)
+    for t, lay in ds.tensors.items():
+        got = fs.tensors[t]
+        assert fs.field_slices(got) == ds.field_slices(lay), t
+        assert [fs.representations[r].kind for _, r in got.fields] == \
+            [ds.representations[r].kind for _, r in lay.fields], t
+        assert got.spatial == lay.spatial and got.channels == lay.channels
+        for e in ds.group.elements:
+            assert np.array_equal(fs.channel_perm(got, e), ds.channel_perm(lay, e)), (t, e)
+    if name == "c8_residual":
+        assert found.info["discovery"]["derived_elements"] == ["r1", "r3", "r5", "r7"]
+
+
+def test_c8_falls_back_to_exact_subgroup_without_regular_fields(plain_models):
+    """A C4 model claimed as C8: its 4-channel fields cannot be regular C8 fields, so the
+    45-degree perms cannot be derived and the spec keeps the exact subgroup C4."""
+    program = plain_models["p4cnn"][1].program
+    pm = discover_plain(program, torch.zeros(1, 1, 29, 29), "C8")
+    assert pm.spec.group.name == "C4" and "not a regular C8 field" in pm.info["group_reduced"]
+
+
+def test_regular_perms_and_matching():
+    reg = regular_perms(Group("D4"))
+    assert sorted(reg) == [(f, k) for f in (0, 1) for k in range(4)]
+    assert all(sorted(p) == list(range(8)) for p in reg.values())
+    rng = np.random.default_rng(0)
+    t = rng.standard_normal((3, 6, 5, 5)).astype(np.float32)
+    perm = np.array([2, 0, 1, 5, 3, 4])
+    assert match_channels(t[:, perm], t, 1e-4).perm.tolist() == perm.tolist()
+    bad = t[:, perm].copy()
+    bad[:, 4] += 0.5 * t[:, 0]
+    m = match_channels(bad, t, 1e-4)
+    assert m.perm is None and m.channel == 4
+
+
+def test_torchscript_input(tmp_path, plain_models):
+    """A traced + saved TorchScript file converts through TS2EPConverter (no model source)."""
+    model, _ = plain_models["rotstack_c4"]
+    x = torch.randn(2, 1, 28, 28)
+    path = tmp_path / "rotstack.ts"
+    torch.jit.save(torch.jit.trace(model, x), str(path))
+    pm = discover_plain(torch.jit.load(str(path)), torch.zeros(1, 1, 28, 28), "C4")
+    assert pm.info["framework"] == "torchscript"
+    probes = np.random.default_rng(4).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    src = _np(model)(probes)
+    assert np.abs(_np(pm.module())(probes) - src).max() <= 1e-5 * np.abs(src).max()
+    assert max(r["rel_err_max"] for r in equivariance_table(_np(pm.module()), pm.spec,
+                                                            probes)) <= 1e-5
+    # the Conv3d stays 3D here (module rewrites need the nn.Module): its 5D tensors are
+    # discovered as regular fields over (channel, copy) and listed beside the spec
+    stacked = pm.info["discovery"]["stacked_layouts"]
+    assert any(f[1] == "regular" for lay in stacked.values() for f in lay["fields"])
+    assert pm.spec.output_is_invariant()
