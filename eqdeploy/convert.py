@@ -254,8 +254,15 @@ def convert(model_path: str | Path, options: ConvertOptions,
             t = stage(f"emit {'INT8 ' if quant else ''}{target} -> "
                       f"{options.outdir / path.name}")
             if quant:
+                fp32 = staging / "fp32" / path.name
+                fp32.parent.mkdir(exist_ok=True)
+                target_module(target).emit(plain, fp32, batch=batch)
+                # (the FP32 file has BN unfolded, so it is only the size reference)
                 info = target_module(target).emit_int8(quant["model"], quant["params"], path,
                                                         batch=batch)
+                info["fp32_bytes"] = fp32.stat().st_size
+                info["size_ratio_vs_fp32"] = round(path.stat().st_size / fp32.stat().st_size, 4)
+                shutil.rmtree(fp32.parent)
             else:
                 info = target_module(target).emit(plain, path, batch=batch)
             seconds = time.perf_counter() - t
@@ -269,12 +276,6 @@ def convert(model_path: str | Path, options: ConvertOptions,
                                probes, source_out, raw=raw)
             if quant:
                 row.update(_int8_fidelity(runner, probes, quant["simulation_out"]))
-                fp32 = staging / "fp32" / path.name
-                fp32.parent.mkdir(exist_ok=True)
-                target_module(target).emit(plain, fp32, batch=batch)
-                info["fp32_bytes"] = fp32.stat().st_size
-                info["size_ratio_vs_fp32"] = round(path.stat().st_size / fp32.stat().st_size, 4)
-                shutil.rmtree(fp32.parent)
             verification.append(row)
             np.savez(Path(f"{path}{PROBES_SUFFIX}"), inputs=probes, reference=source_out)
             art = {"target": target, "file": path.name, "bytes": path.stat().st_size,

@@ -55,9 +55,17 @@ class Int8Simulation:
         return self(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 
 
+AVG_POOLS = (torch.ops.aten.avg_pool2d.default, torch.ops.aten.adaptive_avg_pool2d.default)
+
+
 def simulate_with(pm, qp: QuantParams, quantize_weights: bool = True,
-                  quantize_activations: bool = True) -> Int8Simulation:
-    """Fake-quant version of ``pm`` (BN folded) with the parameter set ``qp``."""
+                  quantize_activations: bool = True, quantize_bias: bool = True
+                  ) -> Int8Simulation:
+    """Fake-quant version of ``pm`` (BN folded) with the parameter set ``qp``.
+
+    Like the integer runtimes: biases on the int32 grid ``input scale x weight scale``
+    (float32 product), average pools rounded back onto their (shared) input grid.
+    """
     from eqdeploy.dfq.graph import clone, layers
 
     work = clone(pm)
@@ -68,12 +76,20 @@ def simulate_with(pm, qp: QuantParams, quantize_weights: bool = True,
             with torch.no_grad():
                 q = torch.clamp(torch.round(layer.weight.double() / s), -127, 127) * s
                 layer.weight.copy_(q.to(layer.weight.dtype))
+                if quantize_bias and quantize_activations and layer.bias is not None:
+                    s_in = np.float32(qp.act_for(layer.input)[0])
+                    bs = torch.as_tensor((s_in * np.asarray(qp.weights[name], np.float32)
+                                          ).astype(np.float64))
+                    layer.bias.copy_((torch.round(layer.bias.double() / bs) * bs
+                                      ).to(layer.bias.dtype))
     gm = work.program.module()
     if not quantize_activations:
         return Int8Simulation(gm, {}, {})
     points, _ = quant_points(gm)
+    points = {**points, **{n.name: n for n in gm.graph.nodes
+                           if n.op == "call_function" and n.target in AVG_POOLS}}
     for q, node in points.items():
-        scale, zp = qp.activations[q]
+        scale, zp = qp.act_for(q)
         with gm.graph.inserting_after(node):
             fq = gm.graph.call_function(_fake_quant, (node, scale, zp))
         node.replace_all_uses_with(fq, delete_user_cb=lambda u, fq=fq: u is not fq)

@@ -9,6 +9,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from eqdeploy.errors import EqdeployError
 from eqdeploy.export import PlainModel
 from eqdeploy.spec import SCHEMA
 
@@ -39,12 +40,19 @@ def add_manifest(model: onnx.ModelProto, text: str) -> None:
     entry.key, entry.value = SCHEMA, text
 
 
-def emit_int8(plain: PlainModel, qp, path: Path, batch: int = 1) -> dict:
-    """QDQ ONNX with the given parameter set, run by ORT's integer kernels (``onnx_int8``)."""
+def emit_int8(plain: PlainModel, qp, path: Path, batch: int = 1, fp32: Path | None = None
+              ) -> dict:
+    """QDQ ONNX with the given parameter set, run by ORT's integer kernels (``onnx_int8``);
+    ``fp32``: this model's FP32 ONNX if already written (saves an export)."""
+    from eqdeploy.targets.onnx_int8 import compare_qparams, float_compute_ops
     from eqdeploy.targets.onnx_int8 import emit_int8 as _emit_int8
 
-    info = _emit_int8(plain, qp, path, batch=batch)
+    info = _emit_int8(plain, qp, path, batch=batch, fp32=fp32)
     model = onnx.load(str(path))
     add_manifest(model, plain.spec.dumps())
     onnx.save_model(model, str(path))
-    return info
+    mismatches = compare_qparams(path, qp, plain.spec)
+    if mismatches:
+        raise EqdeployError(f"the INT8 ONNX does not carry the parameter set ({mismatches[0]})",
+                            "report this model to eqdeploy")
+    return {**info, "float_compute_ops": float_compute_ops(path)}

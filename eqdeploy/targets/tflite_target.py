@@ -64,7 +64,8 @@ def with_metadata(content: bytes, name: str, data: bytes) -> bytes:
     return bytes(builder.Output())
 
 
-def emit_int8(plain: PlainModel, qp, path: Path, batch: int = 1) -> dict:
+def emit_int8(plain: PlainModel, qp, path: Path, batch: int = 1, fp32: Path | None = None
+              ) -> dict:
     """Fully-integer .tflite with the given parameter set (see ``tflite_int8``)."""
     from eqdeploy.targets.tflite_int8 import emit_int8 as _emit_int8
 
