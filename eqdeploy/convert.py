@@ -134,14 +134,17 @@ def _quantize(plain: PlainModel, options: ConvertOptions, shape, probes, source_
     timings["quantize"] = time.perf_counter() - t
     row = _runtime_row("torch INT8 simulation", torch.__version__, sim.numpy, plain.spec,
                        probes, source_out)
+    from eqdeploy.graph_layouts import output_node
+
+    out_step = qp.act_for(output_node(folded.program.graph_module).name)[0]
     return {"model": folded, "params": qp, "dfq_report": dfq_report,
-            "simulation_out": sim_out, "simulation_row": row}
+            "simulation_out": sim_out, "simulation_row": row, "output_step": out_step}
 
 
-def _int8_fidelity(runner, probes: np.ndarray, sim_out: np.ndarray) -> dict:
+def _int8_fidelity(runner, probes: np.ndarray, sim_out: np.ndarray, out_step: float) -> dict:
     """Artifact vs the torch simulation of the same parameters, in output steps."""
     y = runner.run(probes)
-    step = runner.output_qparams[0] if runner.output_qparams else None
+    step = runner.output_qparams[0] if runner.output_qparams else out_step
     diff = float(np.abs(y - sim_out).max())
     return {"max_abs_err_vs_simulation": diff,
             "max_steps_vs_simulation": None if not step else round(diff / step, 3),
@@ -275,7 +278,8 @@ def convert(model_path: str | Path, options: ConvertOptions,
             row = _runtime_row(runner.runtime, runner.runtime_version, runner.run, spec,
                                probes, source_out, raw=raw)
             if quant:
-                row.update(_int8_fidelity(runner, probes, quant["simulation_out"]))
+                row.update(_int8_fidelity(runner, probes, quant["simulation_out"],
+                                          quant["output_step"]))
             verification.append(row)
             np.savez(Path(f"{path}{PROBES_SUFFIX}"), inputs=probes, reference=source_out)
             art = {"target": target, "file": path.name, "bytes": path.stat().st_size,

@@ -20,25 +20,24 @@ def int8_converted(tmp_path_factory):
     import torch
 
     from eqdeploy.convert import ConvertOptions, convert
+    from eqdeploy.datasets import load_mnist29
     from eqdeploy.models import reference as R
-    from eqdeploy.targets import target_module
 
-    onnx_ready = True
-    try:
-        target_module("onnx").emit_int8  # noqa: B018
-        import eqdeploy.targets.onnx_int8  # noqa: F401
-    except ImportError:
-        onnx_ready = False
     out = {}
     for name in REFERENCE:
         d = tmp_path_factory.mktemp(f"{name}_int8")
         path = d / f"{name}.pt"
         torch.save(getattr(R, name)().state_dict(), path)
         n = R.EXACT_SIZES[name]
-        opts = ConvertOptions(targets=["onnx", "tflite"] if onnx_ready else ["tflite"],
-                              outdir=d / "out", input_shape=(1, 1, n, n),
+        probes = d / "digits.npz"  # held-out MNIST digits: real inputs, real margins
+        np.savez(probes, inputs=load_mnist29("test", size=n)[0][:48])
+        calib = d / "calib.npz"  # other digits (the bundled calibration split)
+        np.savez(calib, calib=load_mnist29("calib", size=n)[0][:128])
+        opts = ConvertOptions(targets=["onnx", "tflite"], outdir=d / "out",
+                              input_shape=(1, 1, n, n),
                               arch=f"eqdeploy.models.reference:{name}", int8=True,
-                              probes=32)
+                              probes=48, probe_inputs=probes, calibration=calib,
+                              input_norm=([0.1307], [0.3081]))
         out[name] = (convert(path, opts), d / "out")
     return out
 
@@ -48,15 +47,26 @@ def _rows(report, runtime):
 
 
 @pytest.mark.parametrize("name", REFERENCE)
-def test_tflite_int8_is_fully_integer_and_bit_exact(name, int8_converted):
+@pytest.mark.parametrize("runtime", ["ai-edge-litert", "onnxruntime"])
+def test_int8_artifacts_are_bit_exact_and_faithful(name, runtime, int8_converted):
+    """Default settings: 0 changed outputs under every exact element, in both runtimes."""
     report, outdir = int8_converted[name]
-    art = outdir / f"{name}.tflite"
-    assert float_tensors(art) == []
-    row = _rows(report, "ai-edge-litert")
-    assert [r["changed"] for r in row["equivariance"]] == [0] * len(row["equivariance"])
+    row = _rows(report, runtime)
     assert len(row["equivariance"]) == {"c4_cnn": 3, "c8_residual": 3, "d4_cnn": 7}[name]
-    assert row["top1_agreement_vs_source"] >= 0.9
+    assert [r["changed"] for r in row["equivariance"]] == [0] * len(row["equivariance"])
+    assert row["top1_agreement_vs_source"] >= 0.97
     assert row["max_steps_vs_simulation"] <= 1.0 + 1e-3
+
+
+@pytest.mark.parametrize("name", REFERENCE)
+def test_tflite_int8_is_fully_integer_and_onnx_uses_integer_kernels(name, int8_converted):
+    from eqdeploy.targets.onnx_int8 import optimized_ops
+
+    report, outdir = int8_converted[name]
+    assert float_tensors(outdir / f"{name}.tflite") == []
+    assert "QLinearConv" in optimized_ops(outdir / f"{name}.onnx")
+    onnx_art = next(a for a in report["artifacts"] if a["target"] == "onnx")
+    assert onnx_art["float_compute_ops"] == []
 
 
 @pytest.mark.parametrize("name", REFERENCE)
@@ -87,24 +97,30 @@ def test_weight_scales_equal_within_fields(int8_converted):
     assert checked >= 16
 
 
-def test_calibrated_ranges_also_work(tmp_path):
+@pytest.mark.parametrize("name,min_top1", [("c4_cnn", 0.97), ("c8_residual", 0.4)])
+def test_data_free_ranges_also_work(name, min_top1, tmp_path):
+    """No calibration data: ranges from BN statistics. Bit-exact all the same; fidelity is
+    model-dependent (c8_residual's trained activations are heavy-tailed, max ~20 std, which
+    BN statistics cannot see: measured top-1 ~0.55, hence the floor)."""
     import torch
 
     from eqdeploy.convert import ConvertOptions, convert
+    from eqdeploy.datasets import load_mnist29
     from eqdeploy.models import reference as R
 
-    path = tmp_path / "c4.pt"
-    torch.save(R.c4_cnn().state_dict(), path)
-    cal = tmp_path / "cal.npz"
-    np.savez(cal, calib=np.random.default_rng(3).standard_normal((48, 1, 29, 29))
-             .astype(np.float32))
-    report = convert(path, ConvertOptions(outdir=tmp_path / "out", input_shape=(1, 1, 29, 29),
-                                          arch="eqdeploy.models.reference:c4_cnn", int8=True,
-                                          calibration=cal))
-    assert report["quantization"]["params"]["scheme"]["ranges_from"] == "calibration"
+    n = R.EXACT_SIZES[name]
+    path = tmp_path / f"{name}.pt"
+    torch.save(getattr(R, name)().state_dict(), path)
+    probes = tmp_path / "digits.npz"
+    np.savez(probes, inputs=load_mnist29("test", size=n)[0][:48])
+    report = convert(path, ConvertOptions(outdir=tmp_path / "out", input_shape=(1, 1, n, n),
+                                          arch=f"eqdeploy.models.reference:{name}", int8=True,
+                                          probes=48, probe_inputs=probes,
+                                          input_norm=([0.1307], [0.3081])))
+    assert report["quantization"]["params"]["scheme"]["ranges_from"] == "bn-stats"
     row = _rows(report, "ai-edge-litert")
     assert max(r["changed"] for r in row["equivariance"]) == 0
-    assert row["top1_agreement_vs_source"] >= 0.9
+    assert row["top1_agreement_vs_source"] >= min_top1
 
 
 @pytest.mark.parametrize("content,match", [

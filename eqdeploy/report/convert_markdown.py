@@ -18,7 +18,8 @@ def convert_markdown(report: dict) -> str:
              f"- input-size lint: {'aligned' if report['lint']['exact'] else 'MISALIGNED'}"
              + ("" if report["lint"]["exact"] else
                 f" (exact sizes nearby: {report['lint']['nearest_exact']})"),
-             f"- probes: {report['probes']['count']} ({report['probes']['note']})", "",
+             f"- probes: {report['probes']['count']} ("
+             f"{report['probes'].get('note') or report['probes'].get('path')})", "",
              "## Equivariance per runtime",
              "",
              "Relative error ||f(g.x) - g.f(x)|| / ||f(x)|| (max over probes) and the number "
