@@ -9,11 +9,15 @@ pytest.importorskip("onnxruntime")
 
 from eqdeploy.targets import onnx_int8 as T  # noqa: E402
 
-PROBES = 32
+PROBES = 64
 
 
 def _probes(n: int, count: int = PROBES, seed: int = 1) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((count, 1, n, n)).astype(np.float32)
+    """Real inputs: held-out MNIST digits (seed 1) or calibration digits (seed 0)."""
+    from eqdeploy.datasets import load_mnist29
+
+    x, _ = load_mnist29("calib" if seed == 0 else "test", size=n)
+    return x[:count]
 
 
 def runtime_simulation(folded, qp, x: np.ndarray) -> np.ndarray:
@@ -62,7 +66,7 @@ def int8(reference_models, tmp_path_factory):
     for name, model in reference_models.items():
         n = EXACT_SIZES[name]
         folded, _ = run_dfq(export_equivariant(model, torch.zeros(1, 1, n, n)))
-        cal = _probes(n, 64, seed=0)
+        cal = _probes(n, 128, seed=0)
         qp = compute_qparams(folded, calibration=cal)
         path, fp32 = d / f"{name}.onnx", d / f"{name}.fp32.onnx"
         emit(folded, fp32, 1)

@@ -5,14 +5,22 @@
 - ``d4_cnn``: D4 (rotations and flips), antialiasing-free strided conv, group pooling.
 Aligned (exact) input sizes: 29 for ``c4_cnn`` and ``d4_cnn``, 33 for ``c8_residual``.
 Factories take no required arguments so they work with ``--arch module:factory``.
+
+Trained weights: each factory loads ``weights/<name>.pt`` (an eval-mode state_dict from
+``tools/train_reference.py``: a few epochs on rotated MNIST, see ``calibration/README.md``)
+when present; ``pretrained=False`` or a missing file gives the seeded random initialisation
+with BN statistics settled on noise (``settle_batchnorm``).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from eqdeploy.adapters import e2cnn_compat
+from eqdeploy.errors import EqdeployError
 
 e2cnn_compat.install()
 
@@ -119,18 +127,41 @@ def settle_batchnorm(model: nn.Module, shape: tuple[int, ...], batches: int = 4,
 
 
 EXACT_SIZES = {"c4_cnn": 29, "c8_residual": 33, "d4_cnn": 29}
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
-def c4_cnn() -> C4CNN:
-    torch.manual_seed(0)
-    return settle_batchnorm(C4CNN(), (8, 1, 29, 29))
+def _build(cls: type[nn.Module], name: str, seed: int, pretrained: bool) -> nn.Module:
+    """Trained weights from ``weights/<name>.pt`` when present, else settled random init."""
+    torch.manual_seed(seed)
+    model = cls()
+    path = WEIGHTS_DIR / f"{name}.pt"
+    if not (pretrained and path.is_file()):
+        n = EXACT_SIZES[name]
+        return settle_batchnorm(model, (8, 1, n, n))
+    # e2cnn R2Conv keeps its expanded filter as a buffer only in eval mode: the file is an
+    # eval-mode state_dict, so switch to eval() before the strict load.
+    model.eval()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    except Exception as e:  # unreadable or mismatched file: a one-line error
+        raise EqdeployError(f"cannot load trained weights {path} for {name} "
+                            f"({str(e).splitlines()[0]})",
+                            "delete the file to use random weights, or regenerate it with "
+                            "python tools/train_reference.py") from None
+    return model
 
 
-def c8_residual() -> C8Residual:
-    torch.manual_seed(1)
-    return settle_batchnorm(C8Residual(), (8, 1, 33, 33))
+def c4_cnn(pretrained: bool = True) -> C4CNN:
+    """C4 reference model, trained on rotated MNIST (29x29) when its weights are bundled."""
+    return _build(C4CNN, "c4_cnn", 0, pretrained)
 
 
-def d4_cnn() -> D4CNN:
-    torch.manual_seed(2)
-    return settle_batchnorm(D4CNN(), (8, 1, 29, 29))
+def c8_residual(pretrained: bool = True) -> C8Residual:
+    """C8 residual reference model, trained on rotated MNIST (33x33) when bundled."""
+    return _build(C8Residual, "c8_residual", 1, pretrained)
+
+
+def d4_cnn(pretrained: bool = True) -> D4CNN:
+    """D4 reference model, trained on rotated MNIST (29x29) when its weights are bundled."""
+    return _build(D4CNN, "d4_cnn", 2, pretrained)
