@@ -7,7 +7,6 @@ when every stage succeeded, so a failed conversion leaves no half-written artifa
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from eqdeploy.adapters.plain import discover_plain
 from eqdeploy.dfq import DfqOptions, fold_batchnorm, run_dfq
 from eqdeploy.errors import EqdeployError
 from eqdeploy.export import PlainModel, detect_framework, export_equivariant
+from eqdeploy.harness.bench import sha256_file
 from eqdeploy.harness.equivariance import equivariance_table, relative_error
 from eqdeploy.harness.probes import PROBES_SUFFIX
 from eqdeploy.harness.runtime import open_artifact, read_spec, sidecar_path
@@ -151,14 +151,6 @@ def _int8_fidelity(runner, probes: np.ndarray, sim_out: np.ndarray, out_step: fl
             "output_step": step}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def resolve_input_shape(options: ConvertOptions, loaded, module) -> tuple[int, ...]:
     if options.input_shape is not None:
         return tuple(options.input_shape)
@@ -283,7 +275,7 @@ def convert(model_path: str | Path, options: ConvertOptions,
             verification.append(row)
             np.savez(Path(f"{path}{PROBES_SUFFIX}"), inputs=probes, reference=source_out)
             art = {"target": target, "file": path.name, "bytes": path.stat().st_size,
-                   "sha256": _sha256(path), "seconds": round(seconds, 2),
+                   "sha256": sha256_file(path), "seconds": round(seconds, 2),
                    "runtime": runner.runtime, "batch": batch,
                    "precision": "int8" if quant else "fp32", **info}
             sidecar_path(path).write_text(json.dumps(
