@@ -166,10 +166,17 @@ def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, c
         report = run_convert(model, opts, progress)
     except EqdeployError as e:
         raise _fail(e) from None
+    int8 = report.get("quantization") is not None
     for v in report["verification"]:
-        worst = max((r["rel_err_max"] for r in v["equivariance"]), default=0.0)
-        click.echo(f"  {v['runtime']:<24} vs source {v['rel_err_vs_source']:.1e}   "
-                   f"equivariance error {worst:.1e}")
+        eq = v["equivariance"]
+        worst = max((r["rel_err_max"] for r in eq), default=0.0)
+        line = (f"  {v['runtime']:<24} vs source {v['rel_err_vs_source']:.1e}   "
+                f"equivariance error {worst:.1e}")
+        if int8 and eq:
+            line += f"   changed {max(r['changed'] for r in eq)}/{eq[0]['probes']}"
+        if int8 and v.get("top1_agreement_vs_source") is not None:
+            line += f"   top-1 vs source {v['top1_agreement_vs_source']:.3f}"
+        click.echo(line)
     for a in report["artifacts"]:
         click.echo(f"wrote {Path(outdir) / a['file']} ({a['bytes']} bytes)")
     name = Path(model).stem

@@ -98,13 +98,19 @@ def _runtime_row(name: str, version: str, f, spec, probes, source_out, raw=None)
 def _probes(options: ConvertOptions, shape: tuple[int, ...]) -> tuple[np.ndarray, dict]:
     if options.probe_inputs is not None:
         mean, std = options.input_norm or ([0.0], [1.0])
-        x = load_calibration(options.probe_inputs, shape, mean, std)[: max(options.probes, 1)]
+        x = load_calibration(options.probe_inputs, shape, mean, std,
+                             keys=("inputs", "test", "calib"))[: max(options.probes, 1)]
         return x, {"count": len(x), "kind": "file", "path": str(options.probe_inputs)}
-    x = np.random.default_rng(options.seed).standard_normal(
-        (options.probes, *shape[1:])).astype(np.float32)
+    rng = np.random.default_rng(options.seed)
+    if options.input_norm is not None:  # pixels uniform in [0, 1], normalized as declared
+        m, s_ = (np.asarray(v, np.float32).reshape(1, -1, 1, 1) for v in options.input_norm)
+        x = ((rng.random((options.probes, *shape[1:])) - m) / s_).astype(np.float32)
+        note = f"seeded uniform-noise pixels, normalized (seed {options.seed})"
+    else:
+        x = rng.standard_normal((options.probes, *shape[1:])).astype(np.float32)
+        note = f"seeded normal noise (seed {options.seed})"
     return x, {"count": len(x), "kind": "synthetic",
-               "note": f"seeded normal noise (seed {options.seed}); pass --probes for real "
-                       "inputs"}
+               "note": note + "; pass --probes for real inputs"}
 
 
 def _quantize(plain: PlainModel, options: ConvertOptions, shape, probes, source_out, stage,

@@ -1,7 +1,8 @@
 """Calibration inputs for activation ranges: an ``.npz``/``.npy`` array or a folder of images.
 
 Arrays must already be the model's input: float32 ``(N, C, H, W)`` after normalization
-(``.npz`` key ``calib`` or ``inputs``, or the only array). Images (PNG, JPEG, BMP, TIFF) are
+(``.npz`` key ``calib`` or ``inputs``, or the only array; probe files: ``inputs``, then
+``test``, then ``calib``). Images (PNG, JPEG, BMP, TIFF) are
 read with Pillow, converted to C channels (L or RGB), centre-cropped/resized to H x W, scaled
 to [0, 1] and normalized with the given mean/std. Errors name the file and the expected shape.
 """
@@ -22,19 +23,18 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "(N, " + ", ".join(str(s) for s in shape[1:]) + ")"
 
 
-def _from_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+def _from_array(path: Path, shape: tuple[int, ...], keys: tuple[str, ...]) -> np.ndarray:
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise EqdeployError(f"calibration file {path} is unreadable ({e})",
                             f"pass an .npz/.npy with float32 inputs {_shape(shape)}") from None
     if isinstance(data, np.lib.npyio.NpzFile):
-        keys = list(data.keys())
-        key = next((k for k in ("calib", "inputs") if k in keys), keys[0] if len(keys) == 1
-                   else None)
+        names = list(data.keys())
+        key = next((k for k in keys if k in names), names[0] if len(names) == 1 else None)
         if key is None:
-            raise EqdeployError(f"calibration file {path} has arrays {keys} but no 'calib' or "
-                                "'inputs'", "store the inputs under the key 'calib'")
+            raise EqdeployError(f"calibration file {path} has arrays {names} but none of "
+                                f"{list(keys)}", f"store the inputs under the key '{keys[0]}'")
         data = data[key]
     x = np.asarray(data)
     if x.ndim == 3 and shape[1] == 1:
@@ -77,13 +77,14 @@ def _from_images(folder: Path, shape: tuple[int, ...], mean, std) -> np.ndarray:
     return ((x - mean) / std).astype(np.float32)
 
 
-def load_calibration(path: str | Path, shape: tuple[int, ...], mean=0.0, std=1.0
-                     ) -> np.ndarray:
-    """Calibration inputs shaped like ``shape`` (N, C, H, W) from ``path``."""
+def load_calibration(path: str | Path, shape: tuple[int, ...], mean=0.0, std=1.0,
+                     keys: tuple[str, ...] = ("calib", "inputs")) -> np.ndarray:
+    """Calibration inputs shaped like ``shape`` (N, C, H, W) from ``path``; ``keys``: the
+    ``.npz`` arrays to look for, in order (probes prefer ``inputs``, then ``test``)."""
     path = Path(path)
     if not path.exists():
         raise EqdeployError(f"calibration path {path} does not exist",
                             "pass a folder of images or an .npz of inputs")
     if path.is_dir():
         return _from_images(path, shape, mean, std)
-    return _from_array(path, shape)
+    return _from_array(path, shape, keys)
