@@ -269,7 +269,7 @@ def convert(model_path: str | Path, options: ConvertOptions,
             seconds = time.perf_counter() - t
             runner = open_artifact(path)
             deployed = quant["model"].spec if quant else spec
-            if read_spec(path).to_json() != deployed.to_json():
+            if read_spec(path, runner).to_json() != deployed.to_json():
                 raise EqdeployError(f"the manifest read back from {path.name} differs",
                                     "report this to eqdeploy")
             raw = (lambda a, r=runner: r.run_raw(r.quantize_input(a))) if quant else None

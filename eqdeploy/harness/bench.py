@@ -116,7 +116,7 @@ def run_bench(artifact: str | Path, runs: int = 100, warmup: int = 10, threads: 
         raise EqdeployError(f"--threads {threads} out of range", "use --threads >= 1 or omit it")
     _, import_ms = timed(lambda: _import_runtime(artifact.suffix))
     runner, init_ms = timed(lambda: open_artifact(artifact, threads))
-    spec = read_spec(artifact)
+    spec = read_spec(artifact, runner)
     probes = load_probes(artifact, runner.input_shape, probes_path, labels_path)
 
     # latency: one run = one invoke of one batch of probe inputs, already in the input dtype

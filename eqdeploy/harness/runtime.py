@@ -39,6 +39,7 @@ class Runner:
     _invoke: Any = field(repr=False)
     input_qparams: tuple[float, int] | None = None
     output_qparams: tuple[float, int] | None = None
+    manifest: str | None = None  # the embedded symmetry manifest (JSON), read at open
 
     def run_raw(self, x: np.ndarray) -> np.ndarray:
         """Run inputs already in the artifact's input dtype; returns its raw outputs."""
@@ -117,7 +118,8 @@ def _open_tflite(path: Path, threads: int | None) -> Runner:
 
     shape = tuple(int(s) for s in inp["shape"])
     return Runner(path, name, ver, shape[0], shape, np.dtype(inp["dtype"]).name,
-                  np.dtype(out["dtype"]).name, threads, invoke, _qparams(inp), _qparams(out))
+                  np.dtype(out["dtype"]).name, threads, invoke, _qparams(inp), _qparams(out),
+                  _safely(_embedded_tflite_spec, path))
 
 
 def _open_onnx(path: Path, threads: int | None) -> Runner:
@@ -142,7 +144,7 @@ def _open_onnx(path: Path, threads: int | None) -> Runner:
     shape = tuple(int(s) if isinstance(s, int) else 1 for s in inp.shape)
     return Runner(path, "onnxruntime", ort.__version__, shape[0], shape,
                   dtypes.get(inp.type, "float32"), dtypes.get(out.type, "float32"), threads,
-                  invoke)
+                  invoke, manifest=sess.get_modelmeta().custom_metadata_map.get(SCHEMA))
 
 
 def open_artifact(path: str | Path, threads: int | None = None) -> Runner:
@@ -180,16 +182,26 @@ def _embedded_onnx_spec(path: Path) -> str | None:
     return sess.get_modelmeta().custom_metadata_map.get(SCHEMA)
 
 
-def read_spec(path: str | Path) -> SymmetrySpec:
-    """The SymmetrySpec embedded in an artifact, else from its sidecar file."""
-    path = Path(path)
-    text = None
+def _safely(read, path: Path) -> str | None:
     try:
-        if path.suffix == ".tflite":
-            text = _embedded_tflite_spec(path)
-        elif path.suffix == ".onnx":
-            text = _embedded_onnx_spec(path)
-    except Exception:  # noqa: BLE001 - a damaged artifact falls back to its sidecar
+        return read(path)
+    except Exception:  # noqa: BLE001 - a damaged manifest falls back to the sidecar
+        return None
+
+
+def read_spec(path: str | Path, runner: Runner | None = None) -> SymmetrySpec:
+    """The SymmetrySpec embedded in an artifact, else from its sidecar file.
+
+    Pass the artifact's open ``runner`` to reuse the manifest read when it was loaded.
+    """
+    path = Path(path)
+    if runner is not None:
+        text = runner.manifest
+    elif path.suffix == ".tflite":
+        text = _safely(_embedded_tflite_spec, path)
+    elif path.suffix == ".onnx":
+        text = _safely(_embedded_onnx_spec, path)
+    else:
         text = None
     if text is None and sidecar_path(path).is_file():
         text = json.dumps(json.loads(sidecar_path(path).read_text())["symmetry"])
