@@ -195,25 +195,25 @@ step convert_host ran "$(since "$t")"
 
 # ---- 5. bench + raw outputs, host then emulated -----------------------------------------
 BENCH=(-m eqdeploy.cli bench "$TFL" --runs "$RUNS" --warmup "$WARMUP" --threads 1)
-t=$(now)
-log "host: eqdeploy bench"
-"${HOSTRUN[@]}" "${BENCH[@]}" --json "$RUN/host.bench.json" >"$RUN/host.bench.txt" 2>&1 \
-    || { cat "$RUN/host.bench.txt" >&2; die "host bench failed"; }
-step bench_host ran "$(since "$t")"
-t=$(now)
-"${HOSTRUN[@]}" "$HERE/raw_outputs.py" "$TFL" "$RUN/host.raw.npz" --threads 1 \
-    >"$RUN/host.raw.json" 2>"$RUN/host.raw.err" || { cat "$RUN/host.raw.err" >&2; die "host raw dump failed"; }
-step raw_host ran "$(since "$t")"
 
-t=$(now)
+# bench_and_dump TAG RAW_SCRIPT PYTHON...: `eqdeploy bench` and a raw-output dump of the
+# artifact in one environment, into $RUN/TAG.{bench.json,bench.txt,raw.npz,raw.json}.
+bench_and_dump() {
+    local tag=$1 raw=$2 t; shift 2
+    t=$(now)
+    "$@" "${BENCH[@]}" --json "$RUN/$tag.bench.json" >"$RUN/$tag.bench.txt" 2>&1 \
+        || { cat "$RUN/$tag.bench.txt" >&2; die "$tag: eqdeploy bench failed"; }
+    step "bench_$tag" ran "$(since "$t")"
+    t=$(now)
+    "$@" "$raw" "$TFL" "$RUN/$tag.raw.npz" --threads 1 >"$RUN/$tag.raw.json" 2>"$RUN/$tag.raw.err" \
+        || { cat "$RUN/$tag.raw.err" >&2; die "$tag: raw-output dump failed"; }
+    step "raw_$tag" ran "$(since "$t")"
+}
+
+log "host: eqdeploy bench"
+bench_and_dump host "$HERE/raw_outputs.py" "${HOSTRUN[@]}"
 log "emulated ($CPU): eqdeploy bench -- slow, timings are not latency figures"
-"${EMU[@]}" "${BENCH[@]}" --json "$RUN/emu.bench.json" >"$RUN/emu.bench.txt" 2>&1 \
-    || { cat "$RUN/emu.bench.txt" >&2; die "emulated bench failed"; }
-step bench_emulated ran "$(since "$t")"
-t=$(now)
-"${EMU[@]}" "$RFS/opt/eqdeploy/raw_outputs.py" "$TFL" "$RUN/emu.raw.npz" --threads 1 \
-    >"$RUN/emu.raw.json" 2>"$RUN/emu.raw.err" || { cat "$RUN/emu.raw.err" >&2; die "emulated raw dump failed"; }
-step raw_emulated ran "$(since "$t")"
+bench_and_dump emu "$RFS/opt/eqdeploy/raw_outputs.py" "${EMU[@]}"
 
 # ---- 5b. tflite-runtime 2.14 (numpy<2) as the alternative runtime ----------------------
 TFLRT_WANT="numpy==1.26.4 click==$CLICK_V tflite-runtime==2.14.0"
@@ -239,14 +239,8 @@ if [ "${ARM64_TFLITE_RUNTIME:-1}" = 1 ]; then
     TEMU=(env -i HOME=/root LANG=C.UTF-8 PATH=/usr/bin:/bin TF_CPP_MIN_LOG_LEVEL=3
           PYTHONPATH="$EQSITE:$TSITE" PYTHONDONTWRITEBYTECODE=1
           "$QEMU" -cpu "$CPU" -L "$RFS" "$RFS/usr/bin/python3.11")
-    t=$(now)
     log "emulated ($CPU): eqdeploy bench with tflite-runtime 2.14"
-    "${TEMU[@]}" "${BENCH[@]}" --json "$RUN/tflrt.bench.json" >"$RUN/tflrt.bench.txt" 2>&1 \
-        || { cat "$RUN/tflrt.bench.txt" >&2; die "emulated bench (tflite-runtime) failed"; }
-    "${TEMU[@]}" "$RFS/opt/eqdeploy/raw_outputs.py" "$TFL" "$RUN/tflrt.raw.npz" --threads 1 \
-        >"$RUN/tflrt.raw.json" 2>"$RUN/tflrt.raw.err" \
-        || { cat "$RUN/tflrt.raw.err" >&2; die "emulated raw dump (tflite-runtime) failed"; }
-    step bench_emulated_tflite_runtime ran "$(since "$t")"
+    bench_and_dump tflrt "$RFS/opt/eqdeploy/raw_outputs.py" "${TEMU[@]}"
     # the same runtime on the x86 host (python -S: no venv site-packages, so no
     # ai-edge-litert): tells a runtime-version difference from an architecture one
     XSITE="$ROOT/host-site-tflite-runtime"
@@ -259,14 +253,10 @@ if [ "${ARM64_TFLITE_RUNTIME:-1}" = 1 ]; then
             || { tail -20 "$ROOT/pip-tflite-runtime-x86.log" >&2; die "x86 tflite-runtime install failed"; }
         echo "$TFLRT_WANT" >"$XSITE/.eqdeploy-wheels"
     fi
+    step wheels_tflite_runtime_x86 done "$(since "$t")"
     XRUN=(env -i HOME=/root LANG=C.UTF-8 PATH=/usr/bin:/bin TF_CPP_MIN_LOG_LEVEL=3
           PYTHONPATH="$EQSITE:$XSITE" PYTHONDONTWRITEBYTECODE=1 "$HOSTPY" -S)
-    "${XRUN[@]}" "${BENCH[@]}" --json "$RUN/tflrt_x86.bench.json" >"$RUN/tflrt_x86.bench.txt" 2>&1 \
-        || { cat "$RUN/tflrt_x86.bench.txt" >&2; die "host bench (tflite-runtime) failed"; }
-    "${XRUN[@]}" "$HERE/raw_outputs.py" "$TFL" "$RUN/tflrt_x86.raw.npz" --threads 1 \
-        >"$RUN/tflrt_x86.raw.json" 2>"$RUN/tflrt_x86.raw.err" \
-        || { cat "$RUN/tflrt_x86.raw.err" >&2; die "host raw dump (tflite-runtime) failed"; }
-    step bench_host_tflite_runtime ran "$(since "$t")"
+    bench_and_dump tflrt_x86 "$HERE/raw_outputs.py" "${XRUN[@]}"
 fi
 
 # ---- 5c. negative control: qemu's default -cpu max (DESIGN: wrong XNNPACK int8 results) --
