@@ -16,7 +16,7 @@ import numpy as np
 
 from eqdeploy import __version__
 from eqdeploy.errors import EqdeployError
-from eqdeploy.harness.equivariance import equivariance_table, relative_error
+from eqdeploy.harness.equivariance import equivariance_table, relative_error, summarize
 from eqdeploy.harness.latency import time_runs, timed
 from eqdeploy.harness.probes import load_probes
 from eqdeploy.harness.runtime import Runner, open_artifact, read_spec
@@ -78,9 +78,8 @@ def _equivariance(spec: SymmetrySpec, f, raw, probes: np.ndarray, y: np.ndarray,
     out["rows"] = rows
     if rows:
         agree = [r["top1_agreement"] for r in rows if "top1_agreement" in r]
-        out["summary"] = {"rel_err_max": max(r["rel_err_max"] for r in rows),
+        out["summary"] = {**summarize(rows),
                           "rel_err_mean": float(np.mean([r["rel_err_mean"] for r in rows])),
-                          "changed_max": max(r["changed"] for r in rows),
                           "top1_agreement_min": min(agree) if agree else None}
     else:
         out["note"] = f"group {group.name} has no non-identity element with an exact action"
