@@ -107,6 +107,10 @@ Examples:
 @click.option("--per-tensor", is_flag=True,
               help="INT8 weights with one scale per tensor [default: per channel, equal "
                    "inside each field].")
+@click.option("--float-io", is_flag=True,
+              help="INT8 TFLite with float32 input and output (a QUANTIZE and a DEQUANTIZE "
+                   "op around the integer graph) [default: int8 I/O; QDQ ONNX is always "
+                   "float I/O].")
 @click.option("--calibration", type=click.Path(exists=False), default=None,
               help="Activation ranges from these inputs (folder of images or .npz; see "
                    "calibration/README.md) [default: data-free, from BN statistics].")
@@ -127,7 +131,8 @@ Examples:
               help="How many probe inputs verify each artifact.")
 @click.option("--allow-misaligned", is_flag=True,
               help="Convert even if the input size makes 90-degree rotations inexact.")
-def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, calibration,
+def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, float_io,
+            calibration,
             input_norm, no_dfq, no_cle, no_absorb, no_bias_correction, orbit_agnostic,
             probe_inputs, n_probes, allow_misaligned, allow_broken):
     """Convert an equivariant MODEL to a plain conv network and write verified artifacts.
@@ -153,7 +158,7 @@ def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, c
                           input_shape=_parse_shape(input_shape), arch=arch, group=group,
                           probes=n_probes, allow_misaligned=allow_misaligned,
                           allow_broken=allow_broken, int8=int8,
-                          per_tensor=per_tensor,
+                          per_tensor=per_tensor, float_io=float_io,
                           calibration=Path(calibration) if calibration else None,
                           input_norm=_parse_norm(input_norm),
                           probe_inputs=Path(probe_inputs) if probe_inputs else None, dfq=dfq)

@@ -59,6 +59,7 @@ class ConvertOptions:
     allow_broken: bool = False  # with --group discovery: report non-equivariant tensors
     int8: bool = False
     per_tensor: bool = False
+    float_io: bool = False  # INT8 TFLite: float32 input/output around QUANTIZE/DEQUANTIZE
     calibration: Path | None = None
     input_norm: tuple[list[float], list[float]] | None = None  # pixel mean, std
     dfq: DfqOptions = field(default_factory=DfqOptions)
@@ -260,7 +261,7 @@ def convert(model_path: str | Path, options: ConvertOptions,
                 target_module(target).emit(plain, fp32, batch=batch)
                 # (the FP32 file has BN unfolded, so it is only the size reference)
                 info = target_module(target).emit_int8(quant["model"], quant["params"], path,
-                                                        batch=batch)
+                                                        batch=batch, float_io=options.float_io)
                 info["fp32_bytes"] = fp32.stat().st_size
                 info["size_ratio_vs_fp32"] = round(path.stat().st_size / fp32.stat().st_size, 4)
                 shutil.rmtree(fp32.parent)

@@ -40,10 +40,12 @@ def add_manifest(model: onnx.ModelProto, text: str) -> None:
     entry.key, entry.value = SCHEMA, text
 
 
-def emit_int8(plain: PlainModel, qp, path: Path, batch: int = 1, fp32: Path | None = None
-              ) -> dict:
+def emit_int8(plain: PlainModel, qp, path: Path, batch: int = 1, fp32: Path | None = None,
+              float_io: bool = True) -> dict:
     """QDQ ONNX with the given parameter set, run by ORT's integer kernels (``onnx_int8``);
-    ``fp32``: this model's FP32 ONNX if already written (saves an export)."""
+    ``fp32``: this model's FP32 ONNX if already written (saves an export). QDQ models take
+    and return float32 (their first QuantizeLinear and last DequantizeLinear are the
+    integer boundary), so ``float_io`` changes nothing here."""
     from eqdeploy.targets.onnx_int8 import compare_qparams, float_compute_ops
     from eqdeploy.targets.onnx_int8 import emit_int8 as _emit_int8
 

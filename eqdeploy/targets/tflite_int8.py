@@ -81,8 +81,10 @@ def force_parameters(prepared: fx.GraphModule, qp: QuantParams) -> int:
     return count
 
 
-def emit_int8(plain: PlainModel, qp: QuantParams, path: Path, batch: int = 1) -> dict:
-    """Write a fully-integer (int8 I/O) .tflite of ``plain`` (BN folded) with ``qp``."""
+def emit_int8(plain: PlainModel, qp: QuantParams, path: Path, batch: int = 1,
+              float_io: bool = False) -> dict:
+    """Write a fully-integer .tflite of ``plain`` (BN folded) with ``qp``: int8 input and
+    output, or float32 ones around QUANTIZE/DEQUANTIZE with ``float_io``."""
     import litert_torch
     from litert_torch.quantize.pt2e_quantizer import (
         PT2EQuantizer,
@@ -92,6 +94,7 @@ def emit_int8(plain: PlainModel, qp: QuantParams, path: Path, batch: int = 1) ->
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     from eqdeploy.spec import SCHEMA
+    from eqdeploy.targets.tflite_io import with_float_io
     from eqdeploy.targets.tflite_target import tflite_ops, with_metadata
 
     example = plain.example[:1].repeat(batch, 1, 1, 1)
@@ -107,9 +110,23 @@ def emit_int8(plain: PlainModel, qp: QuantParams, path: Path, batch: int = 1) ->
         raw = Path(tmp) / "model.tflite"
         edge.export(str(raw))
         content = raw.read_bytes()
+    if float_io:
+        content = with_float_io(content)
     path.write_bytes(with_metadata(content, SCHEMA, plain.spec.dumps().encode()))
-    return {"ops": tflite_ops(path), "forced_observers": replaced,
+    return {"ops": tflite_ops(path), "forced_observers": replaced, "io": io_types(path),
             "float_tensors": float_tensors(path)}
+
+
+def io_types(path: Path) -> dict[str, list[str]]:
+    """Element types of a .tflite's inputs and outputs, e.g. ``{"inputs": ["INT8"], ...}``."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    graph = schema.Model.GetRootAs(path.read_bytes(), 0).Subgraphs(0)
+    return {"inputs": [names[graph.Tensors(graph.Inputs(i)).Type()]
+                       for i in range(graph.InputsLength())],
+            "outputs": [names[graph.Tensors(graph.Outputs(i)).Type()]
+                        for i in range(graph.OutputsLength())]}
 
 
 def float_tensors(path: Path) -> list[str]:

@@ -64,9 +64,10 @@ def with_metadata(content: bytes, name: str, data: bytes) -> bytes:
     return bytes(builder.Output())
 
 
-def emit_int8(plain: PlainModel, qp, path: Path, batch: int = 1, fp32: Path | None = None
-              ) -> dict:
-    """Fully-integer .tflite with the given parameter set (see ``tflite_int8``)."""
+def emit_int8(plain: PlainModel, qp, path: Path, batch: int = 1, fp32: Path | None = None,
+              float_io: bool = False) -> dict:
+    """Fully-integer .tflite with the given parameter set (see ``tflite_int8``); int8 I/O
+    unless ``float_io``."""
     from eqdeploy.targets.tflite_int8 import emit_int8 as _emit_int8
 
-    return _emit_int8(plain, qp, path, batch)
+    return _emit_int8(plain, qp, path, batch, float_io=float_io)
