@@ -129,12 +129,16 @@ Examples:
                    "seeded noise].")
 @click.option("--num-probes", "n_probes", default=16, show_default=True,
               help="How many probe inputs verify each artifact.")
+@click.option("--tap", default=None, metavar="LAYER",
+              help="Also emit and verify the network cut at module LAYER (dotted path, e.g. "
+                   "features.10): for heads that read group channels without pooling, whose "
+                   "logits have no group action. Writes <name>.tap.<ext> beside the model.")
 @click.option("--allow-misaligned", is_flag=True,
               help="Convert even if the input size makes 90-degree rotations inexact.")
 def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, float_io,
             calibration,
             input_norm, no_dfq, no_cle, no_absorb, no_bias_correction, orbit_agnostic,
-            probe_inputs, n_probes, allow_misaligned, allow_broken):
+            probe_inputs, n_probes, tap, allow_misaligned, allow_broken):
     """Convert an equivariant MODEL to a plain conv network and write verified artifacts.
 
     MODEL is a whole pickled model (torch.save(model), pickle/dill/cloudpickle: unpickling
@@ -161,7 +165,8 @@ def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, f
                           per_tensor=per_tensor, float_io=float_io,
                           calibration=Path(calibration) if calibration else None,
                           input_norm=_parse_norm(input_norm),
-                          probe_inputs=Path(probe_inputs) if probe_inputs else None, dfq=dfq)
+                          probe_inputs=Path(probe_inputs) if probe_inputs else None, dfq=dfq,
+                          tap=tap)
     start = time.perf_counter()
 
     def progress(msg: str) -> None:
@@ -175,8 +180,9 @@ def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, f
     for v in report["verification"]:
         eq = v["equivariance"]
         worst = max((r["rel_err_max"] for r in eq), default=0.0)
-        line = (f"  {v['runtime']:<24} vs source {v['rel_err_vs_source']:.1e}   "
-                f"equivariance error {worst:.1e}")
+        who = v["runtime"] + (f" @ tap {v['tap']}" if v.get("tap") else "")
+        line = (f"  {who:<24} vs source {v['rel_err_vs_source']:.1e}   "
+                + (f"equivariance error {worst:.1e}" if eq else "no group action on the output"))
         if int8 and eq:
             line += f"   changed {max(r['changed'] for r in eq)}/{eq[0]['probes']}"
         if int8 and v.get("top1_agreement_vs_source") is not None:

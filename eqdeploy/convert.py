@@ -6,6 +6,7 @@ when every stage succeeded, so a failed conversion leaves no half-written artifa
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -32,9 +33,11 @@ from eqdeploy.harness.sysinfo import system_info
 from eqdeploy.lint import lint_input_size, lint_message
 from eqdeploy.load import load_model
 from eqdeploy.quantize.calibrate import load_calibration
-from eqdeploy.quantize.params import compute_qparams
+from eqdeploy.quantize.params import QuantParams, compute_qparams
 from eqdeploy.quantize.simulate import simulate_with
 from eqdeploy.report.convert_markdown import convert_markdown
+from eqdeploy.spec import opaque_layout
+from eqdeploy.tap import follow_tap, renamed_params, resolve_tap, truncate
 from eqdeploy.targets import TARGETS, target_module
 
 REPORT_SCHEMA = "eqdeploy.convert"
@@ -63,6 +66,7 @@ class ConvertOptions:
     calibration: Path | None = None
     input_norm: tuple[list[float], list[float]] | None = None  # pixel mean, std
     dfq: DfqOptions = field(default_factory=DfqOptions)
+    tap: str | None = None  # module path whose output gets its own verified artifacts
 
 
 def _first_input_channels(module: torch.nn.Module) -> int | None:
@@ -158,6 +162,82 @@ def _int8_fidelity(runner, probes: np.ndarray, sim_out: np.ndarray, out_step: fl
             "output_step": step}
 
 
+@dataclass
+class _Emission:
+    """One artifact to write per target: what to emit and what to verify it against."""
+
+    file: str
+    plain: PlainModel  # FP32 graph (emitted as is, or the size reference of the INT8 one)
+    quant_model: PlainModel | None  # BN-folded graph for INT8, with ``params``
+    params: QuantParams | None
+    reference: np.ndarray  # FP32 outputs on the probes
+    simulation: np.ndarray | None  # torch INT8 simulation outputs on the probes
+    output_step: float
+    label: str  # "" for the model, "tap" for its tap
+
+
+def _taps(plain: PlainModel, tap: str, plain_tap: PlainModel, quant: dict | None,
+          probes: np.ndarray) -> list[_Emission]:
+    """The tap's emission: cut from the same (quantized) graph with the same parameters."""
+    ref = _torch_fn(plain_tap.module())(probes)
+    if quant is None:
+        return [_Emission("", plain_tap, None, None, ref, None, 0.0, "tap")]
+    from eqdeploy.graph_layouts import output_node
+
+    qtap, names = truncate(quant["model"], follow_tap(plain, tap, quant["model"]))
+    qp = renamed_params(quant["params"], names)
+    step = qp.act_for(output_node(qtap.program.graph_module).name)[0]
+    # reference: the FP32 graph after DFQ (equalization rescales the tap per field)
+    return [_Emission("", plain_tap, qtap, qp, _torch_fn(qtap.module())(probes),
+                      simulate_with(qtap, qp).numpy(probes), step, "tap")]
+
+
+def _emit_artifact(target: str, path: Path, job: _Emission, probes: np.ndarray,
+                   options: ConvertOptions, batch: int) -> tuple[dict, dict]:
+    """Write one artifact (+ sidecar + probes) to ``path``; returns its entry and row."""
+    module = target_module(target)
+    if job.quant_model is not None:
+        fp32 = path.parent / "fp32" / path.name
+        fp32.parent.mkdir(exist_ok=True)
+        module.emit(job.plain, fp32, batch=batch)
+        # (the FP32 file has BN unfolded, so it is only the size reference)
+        info = module.emit_int8(job.quant_model, job.params, path, batch=batch,
+                                float_io=options.float_io)
+        info["fp32_bytes"] = fp32.stat().st_size
+        info["size_ratio_vs_fp32"] = round(path.stat().st_size / fp32.stat().st_size, 4)
+        shutil.rmtree(fp32.parent)
+    else:
+        info = module.emit(job.plain, path, batch=batch)
+    runner = open_artifact(path)
+    deployed = (job.quant_model or job.plain).spec
+    if read_spec(path, runner).to_json() != deployed.to_json():
+        raise EqdeployError(f"the manifest read back from {path.name} differs",
+                            "report this to eqdeploy")
+    quant = job.quant_model is not None
+    raw = (lambda a, r=runner: r.run_raw(r.quantize_input(a))) if quant else None
+    row = _runtime_row(runner.runtime, runner.runtime_version, runner.run, job.plain.spec,
+                       probes, job.reference, raw=raw)
+    row["artifact"] = path.name
+    if job.label:
+        row["tap"] = options.tap
+    if quant:
+        row.update(_int8_fidelity(runner, probes, job.simulation, job.output_step))
+    np.savez(Path(f"{path}{PROBES_SUFFIX}"), inputs=probes, reference=job.reference)
+    art = {"target": target, "file": path.name, "bytes": path.stat().st_size,
+           "sha256": sha256_file(path), "runtime": runner.runtime, "batch": batch,
+           "precision": "int8" if quant else "fp32", **info}
+    if job.label:
+        art["tap"] = options.tap
+    sidecar_path(path).write_text(json.dumps(
+        {"symmetry": deployed.to_json(), "artifact": art,
+         "probes": f"{path.name}{PROBES_SUFFIX}"}, indent=1))
+    return art, row
+
+
+def _retarget(job: _Emission, name: str, target: str) -> _Emission:
+    return dataclasses.replace(job, file=f"{name}.{job.label}{TARGETS[target]}")
+
+
 def resolve_input_shape(options: ConvertOptions, loaded, module) -> tuple[int, ...]:
     if options.input_shape is not None:
         return tuple(options.input_shape)
@@ -231,12 +311,31 @@ def convert(model_path: str | Path, options: ConvertOptions,
                     _runtime_row("torch.export graph", torch.__version__,
                                  _torch_fn(plain.module()), spec, probes, source_out)]
     timings["verify_graph"] = time.perf_counter() - t
+    tap = plain_tap = None
+    if options.tap:
+        tap = resolve_tap(plain, options.tap)
+        plain_tap, _ = truncate(plain, tap)
+        row = _runtime_row("torch.export graph", torch.__version__, _torch_fn(plain_tap.module()),
+                           plain_tap.spec, probes, _torch_fn(plain_tap.module())(probes))
+        verification.append({**row, "tap": options.tap})
+        worst_tap = max((r["rel_err_max"] for r in row["equivariance"]), default=0.0)
+        if lint["exact"] and worst_tap > SOURCE_EQUIVARIANCE_TOL:
+            raise EqdeployError(f"the model is not equivariant at --tap {options.tap}: "
+                                f"error {worst_tap:.2e}", "tap an earlier layer")
     worst_src = max(verification[0]["equivariance"], key=lambda r: r["rel_err_max"], default=None)
-    if lint["exact"] and worst_src and worst_src["rel_err_max"] > SOURCE_EQUIVARIANCE_TOL:
+    if tap and worst_src and worst_src["rel_err_max"] > SOURCE_EQUIVARIANCE_TOL:
+        # the head mixes group channels: the output has no action; the tap carries the proof
+        out = spec.output
+        spec.output = opaque_layout(spec.representations, out.channels, out.spatial)
+        plain.info["output_action"] = f"none (verified at --tap {options.tap})"
+        for v in verification[:2]:
+            v["equivariance"] = []
+    elif lint["exact"] and worst_src and worst_src["rel_err_max"] > SOURCE_EQUIVARIANCE_TOL:
         raise EqdeployError(f"the source model is not equivariant: error "
                             f"{worst_src['rel_err_max']:.2e} under {worst_src['element']}",
                             "check that every layer between input and output is an "
-                            "equivariant module or acts on each channel alone")
+                            "equivariant module or acts on each channel alone (or, if the "
+                            "head reads group channels on purpose, verify at --tap LAYER)")
     if verification[1]["rel_err_vs_source"] > EXPORT_TOL:
         raise EqdeployError(f"the exported graph differs from the source by "
                             f"{verification[1]['rel_err_vs_source']:.2e}",
@@ -247,48 +346,25 @@ def convert(model_path: str | Path, options: ConvertOptions,
         quant = _quantize(plain, options, shape, probes, source_out, stage, timings)
         verification.append(quant.pop("simulation_row"))
 
+    taps = _taps(plain, tap, plain_tap, quant, probes) if tap else []
     options.outdir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".eqdeploy-", dir=options.outdir))
     try:
         artifacts = []
         for target in options.targets:
-            path = staging / f"{name}{TARGETS[target]}"
-            t = stage(f"emit {'INT8 ' if quant else ''}{target} -> "
-                      f"{options.outdir / path.name}")
-            if quant:
-                fp32 = staging / "fp32" / path.name
-                fp32.parent.mkdir(exist_ok=True)
-                target_module(target).emit(plain, fp32, batch=batch)
-                # (the FP32 file has BN unfolded, so it is only the size reference)
-                info = target_module(target).emit_int8(quant["model"], quant["params"], path,
-                                                        batch=batch, float_io=options.float_io)
-                info["fp32_bytes"] = fp32.stat().st_size
-                info["size_ratio_vs_fp32"] = round(path.stat().st_size / fp32.stat().st_size, 4)
-                shutil.rmtree(fp32.parent)
-            else:
-                info = target_module(target).emit(plain, path, batch=batch)
-            seconds = time.perf_counter() - t
-            runner = open_artifact(path)
-            deployed = quant["model"].spec if quant else spec
-            if read_spec(path, runner).to_json() != deployed.to_json():
-                raise EqdeployError(f"the manifest read back from {path.name} differs",
-                                    "report this to eqdeploy")
-            raw = (lambda a, r=runner: r.run_raw(r.quantize_input(a))) if quant else None
-            row = _runtime_row(runner.runtime, runner.runtime_version, runner.run, spec,
-                               probes, source_out, raw=raw)
-            if quant:
-                row.update(_int8_fidelity(runner, probes, quant["simulation_out"],
-                                          quant["output_step"]))
-            verification.append(row)
-            np.savez(Path(f"{path}{PROBES_SUFFIX}"), inputs=probes, reference=source_out)
-            art = {"target": target, "file": path.name, "bytes": path.stat().st_size,
-                   "sha256": sha256_file(path), "seconds": round(seconds, 2),
-                   "runtime": runner.runtime, "batch": batch,
-                   "precision": "int8" if quant else "fp32", **info}
-            sidecar_path(path).write_text(json.dumps(
-                {"symmetry": deployed.to_json(), "artifact": art,
-                 "probes": f"{path.name}{PROBES_SUFFIX}"}, indent=1))
-            artifacts.append(art)
+            main = _Emission(f"{name}{TARGETS[target]}", plain,
+                             quant["model"] if quant else None,
+                             quant["params"] if quant else None, source_out,
+                             quant["simulation_out"] if quant else None,
+                             quant["output_step"] if quant else 0.0, "")
+            for job in [main, *(_retarget(t, name, target) for t in taps)]:
+                t = stage(f"emit {'INT8 ' if quant else ''}{target} -> "
+                          f"{options.outdir / job.file}" + (" (tap)" if job.label else ""))
+                art, row = _emit_artifact(target, staging / job.file, job, probes, options,
+                                          batch)
+                art["seconds"] = round(time.perf_counter() - t, 2)
+                verification.append(row)
+                artifacts.append(art)
         report = {
             "schema": REPORT_SCHEMA, "version": REPORT_VERSION, "eqdeploy": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -173,3 +173,12 @@ def trivial_layout(spec_reps: dict[str, Representation], group: Group, channels:
         spec_reps["trivial"] = Representation("trivial", 1, "trivial",
                                               {e.name: ident for e in group.elements})
     return Layout(tuple((i, "trivial") for i in range(channels)), channels, spatial)
+
+
+def opaque_layout(spec_reps: dict[str, Representation], channels: int, spatial: bool
+                  ) -> Layout:
+    """One field of kind ``other`` over all ``channels``: the group has no known action here
+    (e.g. logits of a head that reads every group channel); registers the representation."""
+    name = f"opaque_{channels}"
+    spec_reps.setdefault(name, Representation(name, channels, "other", None))
+    return Layout(((0, name),), channels, spatial)

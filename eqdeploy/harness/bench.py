@@ -71,7 +71,8 @@ def _equivariance(spec: SymmetrySpec, f, raw, probes: np.ndarray, y: np.ndarray,
            "interpolated_elements_skipped": skipped, "rows": [], "summary": None,
            "note": None}
     if spec.channel_perm(spec.output, group.elements[0]) is None:
-        out["note"] = ("the output layout has non-permutation fields (irreps): no exact channel "
+        out["note"] = ("the output layout has non-permutation fields (irreps, or no known "
+                       "action: see the convert report's tap): no exact channel "
                        "action to compare against; equivariance not measured")
         return out
     rows = equivariance_table(f, spec, probes, f_probes=y, raw=raw)

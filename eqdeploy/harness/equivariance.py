@@ -26,11 +26,14 @@ def relative_error(y: np.ndarray, ref: np.ndarray) -> np.ndarray:
 def equivariance_table(f: Callable[[np.ndarray], np.ndarray], spec: SymmetrySpec,
                        probes: np.ndarray, f_probes: np.ndarray | None = None,
                        raw: Callable[[np.ndarray], np.ndarray] | None = None) -> list[dict]:
-    """One row per exact non-identity element.
+    """One row per exact non-identity element (none if the output has no exact action).
 
     ``f`` gives float outputs for the error; ``raw`` (default ``f``) gives the outputs whose
     exact equality is counted (an INT8 artifact's integer outputs).
     """
+    if spec.group.exact_elements and \
+            spec.channel_perm(spec.output, spec.group.exact_elements[0]) is None:
+        return []
     raw = raw or f
     y = f(probes) if f_probes is None else f_probes
     y_raw = raw(probes)

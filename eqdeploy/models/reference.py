@@ -3,7 +3,10 @@
 - ``c4_cnn``: C4 regular fields, two stride-2 max pools, group pooling, 1x1 invariant head.
 - ``c8_residual``: C8 with a residual block and a torch ``Linear`` head after group pooling.
 - ``d4_cnn``: D4 (rotations and flips), antialiasing-free strided conv, group pooling.
-Aligned (exact) input sizes: 29 for ``c4_cnn`` and ``d4_cnn``, 33 for ``c8_residual``.
+- ``c4_flat_head``: C4 features read by a Linear over every group channel (no pooling):
+  logits without a group action, for ``--tap`` (random weights).
+Aligned (exact) input sizes: 29 for ``c4_cnn``, ``d4_cnn``, ``c4_flat_head``; 33 for
+``c8_residual``.
 Factories take no required arguments so they work with ``--arch module:factory``.
 
 Trained weights: each factory loads ``weights/<name>.pt`` (an eval-mode state_dict from
@@ -108,6 +111,27 @@ class D4CNN(nn.Module):
         return self.head(x.mean(dim=(2, 3), keepdim=True))
 
 
+class C4FlatHead(nn.Module):
+    """C4 features read by a Linear over every group channel (no group pooling): the logits
+    have no group action, so equivariance is verified at ``--tap features`` (29x29)."""
+
+    def __init__(self, channels: int = 1, classes: int = 10, width: int = 4) -> None:
+        super().__init__()
+        gs = gspaces.Rot2dOnR2(4)
+        self.input_type = enn.FieldType(gs, channels * [gs.trivial_repr])
+        f = enn.FieldType(gs, width * [gs.regular_repr])
+        self.features = enn.SequentialModule(
+            *_block(self.input_type, f, 5, 2),
+            enn.PointwiseMaxPool(f, 3, 2, padding=1),
+            *_block(f, f, 3, 1),
+        )
+        self.head = nn.Linear(f.size, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(enn.GeometricTensor(x, self.input_type)).tensor
+        return self.head(x.mean(dim=(2, 3)))
+
+
 def settle_batchnorm(model: nn.Module, shape: tuple[int, ...], batches: int = 4,
                      seed: int = 0) -> nn.Module:
     """Give BN layers non-trivial running statistics (as after training), then eval()."""
@@ -126,7 +150,7 @@ def settle_batchnorm(model: nn.Module, shape: tuple[int, ...], batches: int = 4,
     return model.eval()
 
 
-EXACT_SIZES = {"c4_cnn": 29, "c8_residual": 33, "d4_cnn": 29}
+EXACT_SIZES = {"c4_cnn": 29, "c8_residual": 33, "d4_cnn": 29, "c4_flat_head": 29}
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
@@ -160,6 +184,11 @@ def c4_cnn(pretrained: bool = True) -> C4CNN:
 def c8_residual(pretrained: bool = True) -> C8Residual:
     """C8 residual reference model, trained on rotated MNIST (33x33) when bundled."""
     return _build(C8Residual, "c8_residual", 1, pretrained)
+
+
+def c4_flat_head(pretrained: bool = False) -> C4FlatHead:
+    """C4 features + a head over all group channels (random weights; for ``--tap``)."""
+    return _build(C4FlatHead, "c4_flat_head", 3, pretrained)
 
 
 def d4_cnn(pretrained: bool = True) -> D4CNN:

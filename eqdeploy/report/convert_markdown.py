@@ -24,14 +24,19 @@ def convert_markdown(report: dict) -> str:
              "",
              "Relative error ||f(g.x) - g.f(x)|| / ||f(x)|| (max over probes) and the number "
              "of probes whose output changed at all, per exact group element.", ""]
-    elements = [r["element"] for r in report["verification"][0]["equivariance"]]
-    lines.append("| runtime | vs source (rel.) | " + " | ".join(elements) + " |")
-    lines.append("|---|---|" + "---|" * len(elements))
+    elements = next(([r["element"] for r in v["equivariance"]]
+                     for v in report["verification"] if v["equivariance"]), [])
+    lines.append("| runtime | artifact | vs reference (rel.) | " + " | ".join(elements) + " |")
+    lines.append("|---|---|---|" + "---|" * len(elements))
     for v in report["verification"]:
         cells = [f"{_e(r['rel_err_max'])} ({r['changed']}/{r['probes']})"
-                 for r in v["equivariance"]]
-        lines.append(f"| {v['runtime']} {v['version']} | {_e(v['rel_err_vs_source'])} | "
-                     + " | ".join(cells) + " |")
+                 for r in v["equivariance"]] or ["no group action"] + [""] * (len(elements) - 1)
+        where = v.get("artifact") or ("graph" + (f" @ tap {v['tap']}" if v.get("tap") else ""))
+        lines.append(f"| {v['runtime']} {v['version']} | {where} | "
+                     f"{_e(v['rel_err_vs_source'])} | " + " | ".join(cells) + " |")
+    if any(v.get("tap") for v in report["verification"]):
+        lines += ["", "Tap rows compare against the FP32 graph cut at the tap (after DFQ for "
+                  "INT8 artifacts, whose equalization rescales the tapped tensor per field)."]
     lines += ["", "## Artifacts", "", "| target | file | bytes | seconds | ops |",
               "|---|---|---|---|---|"]
     for a in report["artifacts"]:
