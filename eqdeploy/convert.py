@@ -30,6 +30,7 @@ from eqdeploy.harness.equivariance import equivariance_table, relative_error
 from eqdeploy.harness.probes import PROBES_SUFFIX
 from eqdeploy.harness.runtime import open_artifact, read_spec, sidecar_path
 from eqdeploy.harness.sysinfo import system_info
+from eqdeploy.input_norm import read_input_norm
 from eqdeploy.lint import lint_input_size, lint_message
 from eqdeploy.load import load_model
 from eqdeploy.quantize.calibrate import load_calibration
@@ -303,6 +304,14 @@ def convert(model_path: str | Path, options: ConvertOptions,
         raise EqdeployError(lint_message(lint), "pass --input-shape with an exact size, or "
                             "--allow-misaligned to convert anyway")
 
+    norm_from = "--input-norm" if options.input_norm else None
+    if options.input_norm is None:
+        found = read_input_norm(source, plain.module())
+        if found is not None:
+            options = dataclasses.replace(options, input_norm=found[0])
+            norm_from = found[1]
+            progress(f"input normalization mean {found[0][0]}, std {found[0][1]} "
+                     f"(from {norm_from})")
     probes, probe_info = _probes(options, shape)
     t = stage(f"verify source and exported graph on {len(probes)} probes")
     source_out = source_fn(probes)
@@ -369,7 +378,10 @@ def convert(model_path: str | Path, options: ConvertOptions,
             "schema": REPORT_SCHEMA, "version": REPORT_VERSION, "eqdeploy": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "model": {"file": str(model_path), "format": loaded.format,
-                      "group": spec.group.name, "input_shape": list(shape), **plain.info},
+                      "group": spec.group.name, "input_shape": list(shape),
+                      "input_norm": None if norm_from is None else {
+                          "mean": options.input_norm[0], "std": options.input_norm[1],
+                          "from": norm_from}, **plain.info},
             "lint": lint,
             "probes": probe_info,
             "verification": verification,
