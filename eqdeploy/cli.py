@@ -116,7 +116,9 @@ Examples:
                    "calibration/README.md) [default: data-free, from BN statistics].")
 @click.option("--input-norm", default=None, metavar="MEAN[,..]:STD[,..]",
               help="Pixel normalization of the input (pixels in [0,1]), e.g. "
-                   "0.1307:0.3081; fixes the input's INT8 range and normalizes images.")
+                   "0.1307:0.3081; fixes the input's INT8 range and normalizes images. "
+                   "[default: read from the model: input_mean/input_std or a Normalize "
+                   "attribute, or a leading (x - m) / s in its graph]")
 @click.option("--no-dfq", is_flag=True, help="Skip the whole DFQ stage (BN is still folded).")
 @click.option("--no-cle", is_flag=True, help="Skip cross-layer equalization.")
 @click.option("--no-absorb", is_flag=True, help="Skip high-bias absorption.")

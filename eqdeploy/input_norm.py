@@ -69,7 +69,8 @@ def _value(gm: fx.GraphModule, arg, depth: int = 0):
         return obj.detach() if isinstance(obj, torch.Tensor) else None
     if arg.op == "call_function" and arg.target is not aten.sym_size.int:
         args = [_value(gm, a, depth + 1) if isinstance(a, fx.Node) else a for a in arg.args]
-        if any(a is None for a, raw in zip(args, arg.args, strict=True) if isinstance(raw, fx.Node)):
+        pairs = zip(args, arg.args, strict=True)
+        if any(a is None for a, raw in pairs if isinstance(raw, fx.Node)):
             return None
         with torch.no_grad():
             return arg.target(*args, **arg.kwargs)
