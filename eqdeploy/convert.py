@@ -171,7 +171,8 @@ class _Emission:
     plain: PlainModel  # FP32 graph (emitted as is, or the size reference of the INT8 one)
     quant_model: PlainModel | None  # BN-folded graph for INT8, with ``params``
     params: QuantParams | None
-    reference: np.ndarray  # FP32 outputs on the probes
+    reference: np.ndarray  # what the artifact is compared with on the probes
+    fp32_reference: np.ndarray  # what its FP32 counterpart is compared with
     simulation: np.ndarray | None  # torch INT8 simulation outputs on the probes
     output_step: float
     label: str  # "" for the model, "tap" for its tap
@@ -182,48 +183,58 @@ def _taps(plain: PlainModel, tap: str, plain_tap: PlainModel, quant: dict | None
     """The tap's emission: cut from the same (quantized) graph with the same parameters."""
     ref = _torch_fn(plain_tap.module())(probes)
     if quant is None:
-        return [_Emission("", plain_tap, None, None, ref, None, 0.0, "tap")]
+        return [_Emission("", plain_tap, None, None, ref, ref, None, 0.0, "tap")]
     from eqdeploy.graph_layouts import output_node
 
     qtap, names = truncate(quant["model"], follow_tap(plain, tap, quant["model"]))
     qp = renamed_params(quant["params"], names)
     step = qp.act_for(output_node(qtap.program.graph_module).name)[0]
     # reference: the FP32 graph after DFQ (equalization rescales the tap per field)
-    return [_Emission("", plain_tap, qtap, qp, _torch_fn(qtap.module())(probes),
+    return [_Emission("", plain_tap, qtap, qp, _torch_fn(qtap.module())(probes), ref,
                       simulate_with(qtap, qp).numpy(probes), step, "tap")]
 
 
 def _emit_artifact(target: str, path: Path, job: _Emission, probes: np.ndarray,
-                   options: ConvertOptions, batch: int) -> tuple[dict, dict]:
-    """Write one artifact (+ sidecar + probes) to ``path``; returns its entry and row."""
+                   options: ConvertOptions, batch: int) -> list[tuple[dict, dict]]:
+    """Write the artifact (+ sidecar + probes) to ``path`` and verify it; for INT8 also its
+    FP32 counterpart ``<stem>.fp32<ext>``, verified side by side. Returns (entry, row)s."""
     module = target_module(target)
-    if job.quant_model is not None:
-        fp32 = path.parent / "fp32" / path.name
-        fp32.parent.mkdir(exist_ok=True)
-        module.emit(job.plain, fp32, batch=batch)
-        # (the FP32 file has BN unfolded, so it is only the size reference)
-        info = module.emit_int8(job.quant_model, job.params, path, batch=batch,
-                                float_io=options.float_io)
-        info["fp32_bytes"] = fp32.stat().st_size
-        info["size_ratio_vs_fp32"] = round(path.stat().st_size / fp32.stat().st_size, 4)
-        shutil.rmtree(fp32.parent)
-    else:
+    t = time.perf_counter()
+    if job.quant_model is None:
         info = module.emit(job.plain, path, batch=batch)
+        info["seconds"] = round(time.perf_counter() - t, 2)
+        return [_verified(target, path, job, info, probes, options, batch, quant=False)]
+    info = module.emit_int8(job.quant_model, job.params, path, batch=batch,
+                            float_io=options.float_io)
+    info["seconds"] = round(time.perf_counter() - t, 2)
+    fp32 = path.with_name(f"{path.stem}.fp32{path.suffix}")
+    t = time.perf_counter()
+    info32 = module.emit(job.plain, fp32, batch=batch)  # BN unfolded, as without --int8
+    info32["seconds"] = round(time.perf_counter() - t, 2)
+    info["fp32_file"], info["fp32_bytes"] = fp32.name, fp32.stat().st_size
+    info["size_ratio_vs_fp32"] = round(path.stat().st_size / fp32.stat().st_size, 4)
+    return [_verified(target, path, job, info, probes, options, batch, quant=True),
+            _verified(target, fp32, job, info32, probes, options, batch, quant=False)]
+
+
+def _verified(target: str, path: Path, job: _Emission, info: dict, probes: np.ndarray,
+              options: ConvertOptions, batch: int, quant: bool) -> tuple[dict, dict]:
+    """Open a written artifact, check its manifest, verify it; write sidecar and probes."""
     runner = open_artifact(path)
-    deployed = (job.quant_model or job.plain).spec
+    deployed = job.quant_model.spec if quant else job.plain.spec
     if read_spec(path, runner).to_json() != deployed.to_json():
         raise EqdeployError(f"the manifest read back from {path.name} differs",
                             "report this to eqdeploy")
-    quant = job.quant_model is not None
+    reference = job.reference if quant else job.fp32_reference
     raw = (lambda a, r=runner: r.run_raw(r.quantize_input(a))) if quant else None
     row = _runtime_row(runner.runtime, runner.runtime_version, runner.run, job.plain.spec,
-                       probes, job.reference, raw=raw)
+                       probes, reference, raw=raw)
     row["artifact"] = path.name
     if job.label:
         row["tap"] = options.tap
     if quant:
         row.update(_int8_fidelity(runner, probes, job.simulation, job.output_step))
-    np.savez(Path(f"{path}{PROBES_SUFFIX}"), inputs=probes, reference=job.reference)
+    np.savez(Path(f"{path}{PROBES_SUFFIX}"), inputs=probes, reference=reference)
     art = {"target": target, "file": path.name, "bytes": path.stat().st_size,
            "sha256": sha256_file(path), "runtime": runner.runtime, "batch": batch,
            "precision": "int8" if quant else "fp32", **info}
@@ -363,17 +374,16 @@ def convert(model_path: str | Path, options: ConvertOptions,
         for target in options.targets:
             main = _Emission(f"{name}{TARGETS[target]}", plain,
                              quant["model"] if quant else None,
-                             quant["params"] if quant else None, source_out,
+                             quant["params"] if quant else None, source_out, source_out,
                              quant["simulation_out"] if quant else None,
                              quant["output_step"] if quant else 0.0, "")
             for job in [main, *(_retarget(t, name, target) for t in taps)]:
-                t = stage(f"emit {'INT8 ' if quant else ''}{target} -> "
+                stage(f"emit {'INT8 ' if quant else ''}{target} -> "
                           f"{options.outdir / job.file}" + (" (tap)" if job.label else ""))
-                art, row = _emit_artifact(target, staging / job.file, job, probes, options,
-                                          batch)
-                art["seconds"] = round(time.perf_counter() - t, 2)
-                verification.append(row)
-                artifacts.append(art)
+                for art, row in _emit_artifact(target, staging / job.file, job, probes,
+                                               options, batch):
+                    verification.append(row)
+                    artifacts.append(art)
         report = {
             "schema": REPORT_SCHEMA, "version": REPORT_VERSION, "eqdeploy": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

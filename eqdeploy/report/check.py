@@ -53,9 +53,16 @@ def _bench_metrics(r: dict) -> dict[str, Any]:
 
 
 def _convert_metrics(r: dict) -> dict[str, Any]:
-    """``eqdeploy.convert`` v1: worst case over the artifacts' runtimes (no latency)."""
-    files = {a["runtime"] for a in r["artifacts"]}
-    rows = [v for v in r["verification"] if v["runtime"] in files]
+    """``eqdeploy.convert`` v1: worst case over the deployed artifacts (the INT8 ones when
+    the FP32 counterparts were written beside them); no latency."""
+    precision = "int8" if any(a.get("precision") == "int8" for a in r["artifacts"]) \
+        else "fp32"
+    deployed = [a for a in r["artifacts"] if a.get("precision", "fp32") == precision]
+    files = {a["file"] for a in deployed}
+    rows = [v for v in r["verification"] if v.get("artifact") in files]
+    if not any("artifact" in v for v in r["verification"]):  # reports before rows named files
+        runtimes = {a["runtime"] for a in deployed}
+        rows = [v for v in r["verification"] if v["runtime"] in runtimes]
     eq = [e for v in rows for e in v["equivariance"]]
     top1 = [v["top1_agreement_vs_source"] for v in rows
             if v.get("top1_agreement_vs_source") is not None]
@@ -67,7 +74,7 @@ def _convert_metrics(r: dict) -> dict[str, Any]:
         "orbit_top1_agreement": min(orbit) if orbit else None,
         "p50_ms": None,
         "p99_ms": None,
-        "size_bytes": max((a["bytes"] for a in r["artifacts"]), default=None),
+        "size_bytes": max((a["bytes"] for a in deployed), default=None),
     }
 
 

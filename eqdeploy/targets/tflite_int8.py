@@ -81,6 +81,31 @@ def force_parameters(prepared: fx.GraphModule, qp: QuantParams) -> int:
     return count
 
 
+_SOURCE_FNS = {torch.ops.aten.add.Tensor: torch.add, torch.ops.aten.mul.Tensor: torch.mul}
+
+
+def tag_sources(gm: fx.GraphModule) -> int:
+    """Restore the ``source_fn_stack`` litert's add/mul annotators look for.
+
+    They find ``add``/``mul`` (and a fused ReLU after them) by the Python function that made
+    the node; re-exported graphs have lost that metadata, which left residual adds
+    unannotated: float ADDs (and everything after them up to the next observed input) in an
+    otherwise integer model. Returns how many nodes were tagged.
+    """
+    tagged = 0
+    for node in gm.graph.nodes:
+        fn = _SOURCE_FNS.get(node.target) if node.op == "call_function" else None
+        if fn is None or sum(isinstance(a, fx.Node) for a in node.args[:2]) != 2:
+            continue
+        node.meta["source_fn_stack"] = [(node.name, fn)]
+        tagged += 1
+        users = list(node.users)
+        if len(users) == 1 and users[0].target in (torch.ops.aten.relu.default,
+                                                   torch.ops.aten.relu_.default):
+            users[0].meta["source_fn_stack"] = [(users[0].name, torch.nn.ReLU)]
+    return tagged
+
+
 def emit_int8(plain: PlainModel, qp: QuantParams, path: Path, batch: int = 1,
               float_io: bool = False) -> dict:
     """Write a fully-integer .tflite of ``plain`` (BN folded) with ``qp``: int8 input and
@@ -101,7 +126,9 @@ def emit_int8(plain: PlainModel, qp: QuantParams, path: Path, batch: int = 1,
     quantizer = PT2EQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True))
     with contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory() as tmp:
-        prepared = prepare_pt2e(plain.static_program(batch).module(), quantizer)
+        static = plain.static_program(batch).module()
+        tag_sources(static)
+        prepared = prepare_pt2e(static, quantizer)
         replaced = force_parameters(prepared, qp)
         prepared(example)
         converted = convert_pt2e(prepared, fold_quantize=False)
