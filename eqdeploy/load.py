@@ -4,8 +4,10 @@ Formats: ``.pt2`` ExportedProgram with an embedded eqdeploy manifest (the hand-o
 ``eqdeploy export`` in another environment); a state-dict checkpoint with ``--arch
 package.module:factory`` (``weights_only=True``: the safe path); a whole pickled module
 (``torch.save(model)`` with pickle, dill or cloudpickle). Unpickling runs code from the
-file: load only files you trust. TorchScript files load with ``torch.jit.load``; they carry no
-field types, so ``convert`` needs ``--group`` to discover their layouts.
+file: load only files you trust. TorchScript files (``torch.jit.trace`` or ``torch.jit.script``,
+then ``save``) load with ``torch.jit.load``; they carry no field types, so ``convert`` needs
+``--group`` to discover their layouts, and ``eqdeploy.adapters.torchscript`` turns their graph
+into an exportable module.
 """
 
 from __future__ import annotations

@@ -16,10 +16,16 @@ from eqdeploy.errors import EqdeployError
 from eqdeploy.export import export_equivariant
 from eqdeploy.groups import Group
 from eqdeploy.harness.equivariance import equivariance_table
+from eqdeploy.models import p4m as M
 from eqdeploy.models import plain_groupconv as P
+from eqdeploy.models import separable_gconv as S
 from eqdeploy.models.reference import EXACT_SIZES
 
-PLAIN = ["p4cnn", "rotstack_c4"]
+# name: (module, group, conv2d and batch_norm nodes in the exported graph)
+PLAIN = {"p4cnn": (P, "C4", 3, 3), "rotstack_c4": (P, "C4", 3, 0),
+         "g_p4cnn": (S, "C4", 3, 3), "gc_p4cnn": (S, "C4", 5, 3),
+         "p4m_resnet": (M, "D4", 6, 6)}
+GROUPY = [n for n in PLAIN if n != "rotstack_c4"]  # filter banks built from parameters
 
 
 def _np(fn):
@@ -32,10 +38,10 @@ def _np(fn):
 @pytest.fixture(scope="module")
 def plain_models():
     out = {}
-    for name in PLAIN:
-        model = getattr(P, name)()
-        n = P.EXACT_SIZES[name]
-        out[name] = (model, discover_plain(model, torch.zeros(1, 1, n, n), "C4"))
+    for name, (module, group, *_) in PLAIN.items():
+        model = getattr(module, name)()
+        n = module.EXACT_SIZES[name]
+        out[name] = (model, discover_plain(model, torch.zeros(1, 1, n, n), group))
     return out
 
 
@@ -44,55 +50,69 @@ def _convs(pm):
             if n.op == "call_function" and n.target == torch.ops.aten.conv2d.default]
 
 
-@pytest.mark.parametrize("name", PLAIN)
+@pytest.mark.parametrize("name", list(PLAIN))
 def test_discovery_recovers_regular_fields(name, plain_models):
     _, pm = plain_models[name]
     spec = pm.spec
     reps = spec.representations
+    order = spec.group.order
+    assert spec.group.name == PLAIN[name][1]
     convs = _convs(pm)
-    assert len(convs) == 3
-    # every conv output: regular C4 fields of 4 channels each, cyclic shift by one per r1
+    assert len(convs) == PLAIN[name][2]
+    canonical = regular_perms(spec.group)
+    # every conv output: regular fields of |G| channels each
     for c in convs:
         lay = spec.tensors[c.name]
         assert {reps[r].kind for _, r in lay.fields} == {"regular"}
-        assert all(e - s == 4 for s, e in spec.field_slices(lay))
+        assert all(e - s == order for s, e in spec.field_slices(lay))
+        starts = np.arange(0, lay.channels, order)[:, None]
         perm = spec.channel_perm(lay, spec.group.element("r1"))
-        shift = (perm.reshape(-1, 4) - np.arange(0, lay.channels, 4)[:, None])
-        assert (shift == shift[0]).all() and sorted(shift[0]) == [0, 1, 2, 3]
+        shift = perm.reshape(-1, order) - starts
+        assert (shift == shift[0]).all() and sorted(shift[0]) == list(range(order))
         assert spec.channel_perm(lay, spec.group.element("r2")).tolist() == \
             perm[perm].tolist()
+        if name in GROUPY:  # channel g of a field is element g: the left regular action
+            for e in spec.group.elements:
+                local = spec.channel_perm(lay, e).reshape(-1, order) - starts
+                assert (local == canonical[(e.flip, e.rotation)]).all(), (c.name, e.name)
         # GrouPy maps rotate with the input; stacked copies are only permuted
-        assert lay.spatial == (name == "p4cnn")
+        assert lay.spatial == (name != "rotstack_c4")
     assert spec.output_is_invariant() and not spec.output.spatial
     assert {reps[r].kind for _, r in spec.input.fields} == {"trivial"}
     assert "broken_tensors" not in pm.info
 
 
-def test_rewrites_give_plain_conv2d_with_constant_weights(plain_models):
-    for name in PLAIN:
-        _, pm = plain_models[name]
-        targets = {str(n.target) for n in pm.program.graph.nodes if n.op == "call_function"}
-        assert not [t for t in targets if "conv3d" in t or "convolution" in t], name
-        sig = pm.program.graph_signature
-        for c in _convs(pm):
-            w = c.args[1]
-            assert w.op == "placeholder" and w.name in sig.inputs_to_parameters, (name, w)
-    # GrouPy filter banks (rot90 + index gather of the parameters) were folded away
-    _, pm = plain_models["p4cnn"]
-    data = {n.name for n in pm.program.graph.nodes if n.op == "call_function"}
-    assert not [n for n in data if n.startswith(("rot90", "index", "stack"))]
+@pytest.mark.parametrize("name", list(PLAIN))
+def test_rewrites_give_plain_conv2d_with_constant_weights(name, plain_models):
+    _, pm = plain_models[name]
+    nodes = [n for n in pm.program.graph.nodes if n.op == "call_function"]
+    targets = {str(n.target) for n in nodes}
+    assert not [t for t in targets if "conv3d" in t or "convolution" in t], name
+    sig = pm.program.graph_signature
+    for c in _convs(pm):
+        w = c.args[1]
+        assert w.op == "placeholder" and w.name in sig.inputs_to_parameters, (name, w)
+    # field BatchNorm3d between reshapes became a 4D batch_norm right after its conv
+    bns = [n for n in nodes if n.target == torch.ops.aten.batch_norm.default]
+    assert len(bns) == PLAIN[name][3]
+    for bn in bns:
+        assert bn.meta["val"].dim() == 4 and bn.args[0].target == torch.ops.aten.conv2d.default
+    if name in GROUPY:  # filter banks (rot90, flips, index gathers) were folded away
+        data = {n.name for n in nodes}
+        assert not [n for n in data if n.startswith(("rot90", "flip", "index", "stack",
+                                                      "einsum", "mul"))]
 
 
-@pytest.mark.parametrize("name", PLAIN)
+@pytest.mark.parametrize("name", list(PLAIN))
 def test_graph_matches_source_and_is_invariant(name, plain_models):
     model, pm = plain_models[name]
-    n = P.EXACT_SIZES[name]
+    n = PLAIN[name][0].EXACT_SIZES[name]
     probes = np.random.default_rng(3).standard_normal((6, 1, n, n)).astype(np.float32)
     src = _np(model)(probes)
     out = _np(pm.module())(probes)
     assert np.abs(out - src).max() <= 1e-5 * np.abs(src).max()
     rows = equivariance_table(_np(pm.module()), pm.spec, probes)
-    assert [r["element"] for r in rows] == ["r1", "r2", "r3"]
+    assert [r["element"] for r in rows] == [e.name for e in pm.spec.group.exact_elements]
     assert max(r["rel_err_max"] for r in rows) <= 1e-5
 
 

@@ -35,12 +35,8 @@ A tensor with no permutation is not equivariant: ``EqdeployError`` naming the at
 the module path that produced it, or, with ``allow_broken=True``, an entry of
 ``info["broken_tensors"]`` (the tensor then has no layout).
 
-TorchScript input: ``torch.export`` cannot trace into a ``ScriptModule`` (strict mode:
-dynamo refuses ``torch.jit`` modules; non-strict mode runs the TorchScript interpreter,
-whose parameters are not ``nn.Parameter`` and whose traced shapes specialize the batch).
-``torch._export.converter.TS2EPConverter`` translates the TorchScript graph to an
-ExportedProgram instead; its ``aten.convolution`` nodes are turned into ``aten.conv2d``
-and the graph is re-exported with a dynamic batch.
+TorchScript input goes through ``eqdeploy.adapters.torchscript.torchscript_to_module``
+(the graph interpreted with its input-independent part folded, then exported).
 """
 
 from __future__ import annotations
@@ -58,8 +54,11 @@ from eqdeploy.adapters.rewrites import (
     convolution_to_conv2d,
     drop_guards,
     fold_constants,
+    merge_field_batchnorm,
     rewrite_stacked_conv3d,
 )
+from eqdeploy.adapters.torchscript import torchscript_to_module
+from eqdeploy.adapters.unfold import rewrite_windows
 from eqdeploy.errors import EqdeployError
 from eqdeploy.export import PlainModel
 from eqdeploy.groups import Element, Group, apply_pixel_action
@@ -517,26 +516,6 @@ def _dynamic_export(module: nn.Module, example: torch.Tensor) -> torch.export.Ex
     return torch.export.export(module, (traced,), dynamic_shapes=({0: batch},))
 
 
-def torchscript_to_module(script: torch.jit.ScriptModule, example: torch.Tensor
-                          ) -> fx.GraphModule:
-    """A TorchScript module as a plain fx module with ``aten.conv2d`` (see module doc)."""
-    from torch._export.converter import TS2EPConverter
-
-    traced = example.repeat(2, *([1] * (example.dim() - 1)))
-    try:
-        ep = TS2EPConverter(script, (traced,)).convert()
-    except Exception as e:  # noqa: BLE001 - the converter raises many types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EqdeployError(f"cannot convert the TorchScript graph to torch.export "
-                            f"({first[:200]})",
-                            "save the model with torch.jit.trace (scripted control flow is "
-                            "not convertible), or pass the pickled model") from None
-    gm = ep.module()
-    drop_guards(gm)
-    convolution_to_conv2d(gm)
-    return gm
-
-
 def export_plain(model: nn.Module | torch.jit.ScriptModule, example: torch.Tensor,
                  rewrite: bool = True) -> tuple[torch.export.ExportedProgram, dict]:
     """torch.export (dynamic batch) with the rewrites; returns the program and info."""
@@ -560,12 +539,17 @@ def export_plain(model: nn.Module | torch.jit.ScriptModule, example: torch.Tenso
     gm = program.module()
     drop_guards(gm)
     folded = fold_constants(gm) if rewrite else []
+    merged = merge_field_batchnorm(gm) if rewrite else []
     converted = convolution_to_conv2d(gm)
-    if folded or converted:
+    converted += rewrite_windows(gm, info) if rewrite else 0
+    if folded or merged or converted:
         program = _dynamic_export(gm, example)
         info.setdefault("rewrites", []).extend(
             {"node": nm, "kind": "constant-folded", "note": "input-independent op evaluated "
              "once (filter bank) -> constant parameter"} for nm in folded)
+        info["rewrites"].extend(
+            {"node": nm, "kind": "field batch norm -> 4D batch norm", "note": "5D batch_norm "
+             "between reshapes, statistics repeated over each field"} for nm in merged)
     info["export_seconds"] = round(time.perf_counter() - t0, 3)
     info["deployed_parameters"] = int(sum(p.numel() for p in program.state_dict.values()))
     info["input_shape"] = list(example.shape)

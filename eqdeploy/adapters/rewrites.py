@@ -12,6 +12,12 @@
   constants only (a GrouPy filter bank built by ``rot90``/index gathers/``roll`` each
   forward, a repeated bias) is evaluated once and replaced by a constant parameter, so the
   graph has a plain ``conv2d`` with a constant weight that DFQ and quantization can edit.
+- ``merge_field_batchnorm`` (graph level): GrouPy-style BatchNorm that shares its
+  statistics over each field runs a ``BatchNorm3d`` on the feature map viewed as
+  ``(N, C, G, H, W)`` between two reshapes. In eval mode that is a per-channel affine map of
+  the 4D tensor with each field's statistics repeated G times: the reshape -> batch_norm ->
+  reshape chain becomes one 4D ``batch_norm`` (exact), which BN folding can merge into the
+  conv before it.
 - ``convolution_to_conv2d``: ``aten.convolution`` (TorchScript conversions produce it) ->
   ``aten.conv2d`` when it is a plain 2D, non-transposed convolution.
 """
@@ -178,6 +184,62 @@ def fold_constants(gm: fx.GraphModule) -> list[str]:
         _remove_unused_attrs(gm)
         gm.recompile()
     return folded
+
+
+_RESHAPES = (aten.reshape.default, aten.view.default, aten._unsafe_view.default)
+
+
+def _shape(node) -> tuple[int, ...] | None:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
+
+
+def _is_reshape(node) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_function" and node.target in _RESHAPES
+
+
+def merge_field_batchnorm(gm: fx.GraphModule) -> list[str]:
+    """``reshape (N, C*G, H, W) -> (N, C, G, H, W)``, eval ``batch_norm``, reshape back ->
+    one 4D ``batch_norm`` with each statistic repeated G times, in place (an unlifted
+    ``program.module()``). Returns the names of the merged batch_norm nodes."""
+    merged = []
+    for bn in list(gm.graph.nodes):
+        if bn.op != "call_function" or bn.target != aten.batch_norm.default:
+            continue
+        src, params, training = bn.args[0], bn.args[1:5], bn.args[5]
+        if training or not _is_reshape(src) or len(bn.users) != 1:
+            continue
+        back = next(iter(bn.users))
+        inner, mid, out = _shape(src.args[0]), _shape(src), _shape(back)
+        if not (_is_reshape(back) and inner is not None and mid is not None and len(mid) == 5
+                and len(inner) == 4 and out == inner and mid[1] * mid[2] == inner[1]
+                and mid[3:] == inner[2:]
+                and all(p is None or p.op == "get_attr" for p in params)):
+            continue
+        copies = mid[2]
+        new_args = [src.args[0]]
+        for i, p in enumerate(params):
+            if p is None:
+                new_args.append(None)
+                continue
+            attr = f"_field_bn_{bn.name}_{i}"
+            value = _get_attr(gm, p.target).detach().repeat_interleave(copies).contiguous()
+            gm.register_parameter(attr, nn.Parameter(value, requires_grad=False))
+            with gm.graph.inserting_before(bn):
+                new_args.append(gm.graph.get_attr(attr))
+        with gm.graph.inserting_before(back):
+            new = gm.graph.call_function(aten.batch_norm.default,
+                                         (*new_args, *bn.args[5:]), dict(bn.kwargs))
+        new.meta = dict(back.meta)
+        back.replace_all_uses_with(new)
+        gm.graph.erase_node(back)
+        gm.graph.erase_node(bn)
+        merged.append(bn.name)
+    if merged:
+        gm.graph.eliminate_dead_code()
+        _remove_unused_attrs(gm)
+        gm.recompile()
+    return merged
 
 
 def convolution_to_conv2d(gm: fx.GraphModule) -> int:

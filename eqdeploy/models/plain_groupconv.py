@@ -17,6 +17,8 @@ finds them by probing. Written for this project from the definitions (nothing co
   rot90 of the input rotates every feature map and shifts each field's 4 channels
   cyclically. BatchNorm shares its statistics over each field (as GrouPy's 3D BN does),
   spatial max pooling, a max over the group axis, global average, linear head.
+  ``P4CNN.layer`` is the p4 -> p4 layer class: the separable variants in
+  ``eqdeploy.models.separable_gconv`` replace it.
 - ``broken_p4cnn``: a P4CNN with one extra random 1x1 conv mixing all channels after the
   second layer: not equivariant, for the discovery's error path.
 
@@ -105,31 +107,34 @@ class P4Conv(nn.Module):
 
 
 class FieldBatchNorm(nn.Module):
-    """BatchNorm with one statistic per field (shared by its 4 rotation channels)."""
+    """BatchNorm with one statistic per field (shared by its ``order`` group channels)."""
 
-    def __init__(self, fields: int) -> None:
+    def __init__(self, fields: int, order: int = GROUP_ORDER) -> None:
         super().__init__()
         self.bn = nn.BatchNorm3d(fields)
+        self.order = order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        return self.bn(x.reshape(n, c // GROUP_ORDER, GROUP_ORDER, h, w)).reshape(n, c, h, w)
+        return self.bn(x.reshape(n, c // self.order, self.order, h, w)).reshape(n, c, h, w)
 
 
 class P4CNN(nn.Module):
     """GrouPy-style P4CNN: lifting layer, p4 layers, group max pooling, linear head."""
+
+    layer: type[nn.Module] = P4Conv  # the p4 -> p4 layer: (cin, cout, k, padding)
 
     def __init__(self, channels: int = 1, classes: int = 10, width: int = 6,
                  broken: bool = False) -> None:
         super().__init__()
         self.lift = LiftP4(channels, width, 5, 2)
         self.bn1 = FieldBatchNorm(width)
-        self.conv2 = P4Conv(width, 2 * width, 3, 1)
+        self.conv2 = self.layer(width, 2 * width, 3, 1)
         self.bn2 = FieldBatchNorm(2 * width)
         c2 = 2 * width * GROUP_ORDER
         # a plain 1x1 conv across all group channels: breaks equivariance on purpose
         self.mix = nn.Conv2d(c2, c2, 1) if broken else None
-        self.conv3 = P4Conv(2 * width, 2 * width, 3, 1)
+        self.conv3 = self.layer(2 * width, 2 * width, 3, 1)
         self.bn3 = FieldBatchNorm(2 * width)
         self.head = nn.Linear(2 * width, classes)
 
@@ -148,7 +153,7 @@ class P4CNN(nn.Module):
 EXACT_SIZES = {"rotstack_c4": 28, "p4cnn": 29, "broken_p4cnn": 29}
 
 
-def _settle(model: nn.Module, size: int, seed: int) -> nn.Module:
+def _settle(model: nn.Module, size: int, seed: int, channels: int = 1) -> nn.Module:
     """Non-trivial BN statistics and biases (as after training), then eval()."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -158,11 +163,11 @@ def _settle(model: nn.Module, size: int, seed: int) -> nn.Module:
                 m.weight.uniform_(0.5, 1.5, generator=gen)
                 m.bias.uniform_(-0.2, 0.2, generator=gen)
             bias = getattr(m, "bias", None)
-            if isinstance(m, (LiftP4, P4Conv)) and bias is not None:
+            if hasattr(m, "filter_bank") and isinstance(bias, torch.Tensor):
                 bias.uniform_(-0.1, 0.1, generator=gen)
         model.train()
         for _ in range(3):
-            model(torch.randn(8, 1, size, size, generator=gen) + 0.5)
+            model(torch.randn(8, channels, size, size, generator=gen) + 0.5)
     return model.eval()
 
 

@@ -1,15 +1,18 @@
 """One INT8 quantization-parameter set per conversion, shared inside each field.
 
 *Which* tensors are quantized: the input, every conv/linear output (after a following
-ReLU/ReLU6 when fused), adds and means; ops that keep their input's grid (max pool, avg
-pool, reshapes, group max-pooling) share their input's parameters, as integer runtimes
-require. *How* a range becomes parameters: weights int8 symmetric in [-127, 127], zero
-point 0, one scale per output channel equal inside each field (max of the field's ranges),
-or one per tensor; activations int8 asymmetric per tensor covering [lo, hi] and 0.
+ReLU/ReLU6 when fused), adds, products of two tensors, sums and means; ops that keep their
+input's grid (max pool, avg pool, reshapes, group max-pooling, one-hot patch convs) share
+their input's parameters, as integer runtimes require. *How* a range becomes parameters:
+weights int8 symmetric in [-127, 127], zero point 0, one scale per output channel equal
+inside each field (max of the field's ranges), or one per tensor; activations int8
+asymmetric per tensor covering [lo, hi] and 0.
 *Where* ranges come from: data-free, per channel ``mean +- n_sigma * std`` with mean/std
 from folded BN statistics where a conv had a BN, propagated through the graph elsewhere
-(linear maps, ReLU as a clipped normal, adds as sums of independent normals), the input's
-from the declared normalization; or min/max over calibration inputs.
+(linear maps, ReLU as a clipped normal, adds and sums as sums of independent variables,
+products of two tensors as products of independent variables, their range the product of
+the factors' ranges), the input's from the declared normalization; or min/max over
+calibration inputs.
 The same numbers are then forced into every target (TFLite via PT2E, ONNX via ORT).
 """
 
@@ -35,6 +38,7 @@ SAME_GRID = {*ACTIVATIONS, aten.max_pool2d.default, aten.amax.default, aten.resh
              aten.adaptive_avg_pool2d.default}
 CONV, LINEAR = aten.conv2d.default, aten.linear.default
 AVERAGING = {aten.mean.dim, aten.avg_pool2d.default, aten.adaptive_avg_pool2d.default}
+SUMS = {aten.sum.dim_IntList}
 QMIN, QMAX = -128, 127
 
 
@@ -88,6 +92,26 @@ def _is_float(n: fx.Node) -> bool:
     return isinstance(val, torch.Tensor) and val.is_floating_point()
 
 
+def is_selection(gm: fx.GraphModule, n: fx.Node) -> bool:
+    """A conv that only copies input values (each weight row one 1, the rest 0; no or zero
+    bias): the one-hot patch conv of ``adapters.unfold``. Its output stays on its input's
+    grid (int8 weight 127 at scale 1/127: the integer kernels reproduce the input exactly)."""
+    if n.op != "call_function" or n.target != CONV or not isinstance(n.args[1], fx.Node):
+        return False
+    w = _param(gm, n.args[1])
+    b = _param(gm, n.args[2]) if len(n.args) > 2 and n.args[2] is not None else None
+    if w is None or (len(n.args) > 2 and n.args[2] is not None and b is None):
+        return False
+    rows = w.reshape(w.shape[0], -1)
+    return bool(((rows == 0) | (rows == 1)).all() and (rows.sum(1) == 1).all()
+                and (b is None or (b == 0).all()))
+
+
+def keeps_grid(gm: fx.GraphModule, n: fx.Node) -> bool:
+    """Does ``n``'s output lie on its first input's quantization grid?"""
+    return n.op == "call_function" and (n.target in SAME_GRID or is_selection(gm, n))
+
+
 def quant_points(gm: fx.GraphModule) -> tuple[dict[str, fx.Node], dict[str, fx.Node]]:
     """Quantized nodes by name, and for each, the node that produced it before a fused act."""
     points, producer = {}, {}
@@ -97,7 +121,7 @@ def quant_points(gm: fx.GraphModule) -> tuple[dict[str, fx.Node], dict[str, fx.N
                     ("p_", "b_", "c_")):
                 points[n.name], producer[n.name] = n, n
             continue
-        if n.op != "call_function" or not _is_float(n) or n.target in SAME_GRID:
+        if n.op != "call_function" or not _is_float(n) or keeps_grid(gm, n):
             continue
         users = list(n.users)
         q = users[0] if len(users) == 1 and users[0].target in ACTIVATIONS else n
@@ -117,7 +141,7 @@ def grid_of(gm: fx.GraphModule, points: dict[str, fx.Node], producer: dict[str, 
             grid[n.name] = n.name
         elif n.name in fused:
             grid[n.name] = fused[n.name]
-        elif n.op == "call_function" and n.target in SAME_GRID and n.args \
+        elif keeps_grid(gm, n) and n.args \
                 and isinstance(n.args[0], fx.Node) and n.args[0].name in grid:
             grid[n.name] = grid[n.args[0].name]
     return grid
@@ -182,6 +206,20 @@ def _param(gm: fx.GraphModule, node) -> torch.Tensor | None:
     return None
 
 
+def _sum_stats(n: fx.Node, mu: np.ndarray, sd: np.ndarray, channels: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """A sum over axes of independent terms: means add, variances add."""
+    shape = tuple(n.args[0].meta["val"].shape)
+    dims = {int(d) % len(shape) for d in n.args[1]}
+    terms = int(np.prod([shape[d] for d in dims if d != 1]))
+    if 1 in dims and len(shape) > 1:  # the channel axis is summed too
+        mu, sd = np.array([mu.sum()]), np.array([np.sqrt((sd ** 2).sum())])
+    mu, sd = mu * terms, sd * np.sqrt(terms)
+    if len(mu) != channels:  # channels regrouped: pooled, conservative
+        mu, sd = np.full(channels, mu.max()), np.full(channels, sd.max())
+    return mu, sd
+
+
 def propagate_stats(gm: fx.GraphModule, bn_stats: dict, input_mean: np.ndarray,
                     input_std: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-channel (mean, std) of every float node, data-free (independence assumed)."""
@@ -217,6 +255,17 @@ def propagate_stats(gm: fx.GraphModule, bn_stats: dict, input_mean: np.ndarray,
             stats[n.name] = _clipped_normal(*ins[0], *act_clip(n))
         elif n.target == aten.add.Tensor and len(ins) == 2 and None not in ins:
             stats[n.name] = (ins[0][0] + ins[1][0], np.sqrt(ins[0][1] ** 2 + ins[1][1] ** 2))
+        elif n.target == aten.mul.Tensor and len(ins) == 2 and None not in ins:
+            (m1, s1), (m2, s2) = ins  # product of independent variables
+            stats[n.name] = (np.broadcast_to(m1 * m2, (channels,)).copy(),
+                             np.broadcast_to(np.sqrt((s1 * s2) ** 2 + (s1 * m2) ** 2
+                                                     + (s2 * m1) ** 2), (channels,)).copy())
+        elif n.target == aten.mul.Tensor and len(ins) == 1 and ins[0] is not None \
+                and isinstance(n.args[1], (int, float)):
+            c = float(n.args[1])
+            stats[n.name] = (ins[0][0] * c, ins[0][1] * abs(c))
+        elif n.target in SUMS and ins and ins[0] is not None:
+            stats[n.name] = _sum_stats(n, *ins[0], channels)
         elif ins and ins[0] is not None:
             mu, sd = ins[0]
             if len(mu) == channels:
@@ -277,6 +326,14 @@ def compute_qparams(pm, per_channel: bool = True, calibration: np.ndarray | None
             mu, sd = stats[q]
             lo, hi = float((mu - n_sigma * sd).min()), float((mu + n_sigma * sd).max())
             clip_lo, clip_hi = act_clip(node)
+            prod = producer[q]
+            if prod.target == aten.mul.Tensor and all(
+                    isinstance(a, fx.Node) and grid.get(a.name) in ranges for a in prod.args):
+                # a product of two quantized tensors: the product of their (clipped) ranges
+                # bounds it exactly; its heavy tails defeat a mean +- n std estimate
+                (l1, h1), (l2, h2) = (ranges[grid[a.name]] for a in prod.args)
+                ends = (l1 * l2, l1 * h2, h1 * l2, h1 * h2)
+                lo, hi = min(ends), max(ends)
             if node.target in AVERAGING:  # a mean stays within its input's range
                 src = qp_source = grid.get(node.args[0].name)
                 if qp_source in ranges:

@@ -2,8 +2,8 @@
 
 Uses exactly the parameter set of ``eqdeploy.quantize.params`` (the one forced into every
 target): weights int8 symmetric per field/channel or per tensor, activations int8
-asymmetric per tensor at the tensors an integer runtime materializes. Bias quantization
-(int32, scale = input x weight scale) is not simulated.
+asymmetric per tensor at the tensors an integer runtime materializes, int32 biases; the
+activation-quantized graph runs in float64 (see ``simulate_with``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch import fx  # noqa: F401
+from torch import fx
 
 from eqdeploy.quantize.params import (
     QMAX,
@@ -43,12 +43,13 @@ class Int8Simulation:
     """Callable fake-quant model; ``ranges`` holds the activation range per quantized node."""
 
     def __init__(self, gm: fx.GraphModule, ranges: dict[str, tuple[float, float]],
-                 qparams: dict[str, tuple[float, int]]) -> None:
+                 qparams: dict[str, tuple[float, int]], float64: bool = False) -> None:
         self.gm, self.ranges, self.qparams = gm, ranges, qparams
+        self.float64 = float64  # gm runs in float64 (its parameters converted)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.gm(x)
+            return self.gm(x.double()).to(x.dtype) if self.float64 else self.gm(x)
 
     def numpy(self, x: np.ndarray) -> np.ndarray:
         """numpy batch in, numpy out (for the equivariance harness)."""
@@ -56,6 +57,35 @@ class Int8Simulation:
 
 
 AVG_POOLS = (torch.ops.aten.avg_pool2d.default, torch.ops.aten.adaptive_avg_pool2d.default)
+MUL, MEAN = torch.ops.aten.mul.Tensor, torch.ops.aten.mean.dim
+
+
+def _int_mean(x: torch.Tensor, dims, keepdim: bool, s_in: float, s_out: float, z_out: int
+              ) -> torch.Tensor:
+    """INT8 mean over ``dims`` the way ORT's QLinearGlobalAveragePool and XNNPACK's qs8 mean
+    compute it: the exact int32 sum of the zero-point-free inputs (independent of the
+    summation order, so of the rotation) times the float32 ratio ``s_in / (count * s_out)``,
+    rounded half to even (ties are common: ``s_in == s_out`` gives sums / count)."""
+    k = torch.round(x.double() / s_in)
+    count = int(np.prod([x.shape[d] for d in dims]))
+    total = k.sum(dim=list(dims), keepdim=keepdim)
+    ratio = np.float32(s_in) / (np.float32(s_out) * np.float32(count))
+    q = torch.round(total.float() * torch.tensor(ratio, dtype=torch.float32))
+    return (torch.clamp(q + z_out, QMIN, QMAX) - z_out).to(x.dtype) * s_out
+
+
+def _int_mul(a: torch.Tensor, b: torch.Tensor, sa: float, sb: float, so: float, zo: int
+             ) -> torch.Tensor:
+    """INT8 x INT8 -> INT8 product the way ORT's QLinearMul and XNNPACK's qs8 multiply
+    compute it: the exact integer product of the zero-point-free inputs times the float32
+    ratio ``sa * sb / so`` (float32 arithmetic), rounded half to even, plus the zero point.
+    (TFLite's reference kernel uses a 31-bit fixed-point multiplier instead: it can differ
+    by one step where the product is within ~1e-7 of a half step.)"""
+    ia = torch.round(a.double() / sa)  # q - zp, exact: a is on its grid
+    ib = torch.round(b.double() / sb)
+    ratio = np.float32(np.float32(sa) * np.float32(sb)) / np.float32(so)
+    q = torch.round((ia * ib).float() * torch.tensor(ratio, dtype=torch.float32))
+    return (torch.clamp(q + zo, QMIN, QMAX) - zo).to(a.dtype) * so
 
 
 def simulate_with(pm, qp: QuantParams, quantize_weights: bool = True,
@@ -63,8 +93,13 @@ def simulate_with(pm, qp: QuantParams, quantize_weights: bool = True,
                   ) -> Int8Simulation:
     """Fake-quant version of ``pm`` (BN folded) with the parameter set ``qp``.
 
-    Like the integer runtimes: biases on the int32 grid ``input scale x weight scale``
-    (float32 product), average pools rounded back onto their (shared) input grid.
+    Runs in float64: a conv's sum of on-grid products is then exact up to ~1e-16, so, like
+    an integer runtime's int32 accumulation, it does not depend on the summation order (which
+    follows the memory layout and so the rotation of the input; float32 sums flip a rounding
+    now and then). Like the integer runtimes: biases on the int32 grid ``input scale x
+    weight scale`` (float32 product), average pools rounded back onto their (shared) input
+    grid, means as int32 sums (``_int_mean``), products of two activations in integers
+    (``_int_mul``).
     """
     from eqdeploy.dfq.graph import clone, layers
 
@@ -86,6 +121,14 @@ def simulate_with(pm, qp: QuantParams, quantize_weights: bool = True,
     if not quantize_activations:
         return Int8Simulation(gm, {}, {})
     points, _ = quant_points(gm)
+    muls = [(n, *(a.name for a in n.args)) for n in gm.graph.nodes
+            if n.op == "call_function" and n.target == MUL and n.name in qp.grid
+            and len(n.args) == 2 and all(isinstance(a, fx.Node) and a.name in qp.grid
+                                         for a in n.args)]
+    means = [(n, n.args[0].name) for n in gm.graph.nodes
+             if n.op == "call_function" and n.target == MEAN and n.name in qp.grid
+             and isinstance(n.args[0], fx.Node) and n.args[0].name in qp.grid
+             and n.kwargs.get("dtype") is None and (len(n.args) < 4 or n.args[3] is None)]
     points = {**points, **{n.name: n for n in gm.graph.nodes
                            if n.op == "call_function" and n.target in AVG_POOLS}}
     for q, node in points.items():
@@ -93,8 +136,16 @@ def simulate_with(pm, qp: QuantParams, quantize_weights: bool = True,
         with gm.graph.inserting_after(node):
             fq = gm.graph.call_function(_fake_quant, (node, scale, zp))
         node.replace_all_uses_with(fq, delete_user_cb=lambda u, fq=fq: u is not fq)
+    for node, a in means:  # exact int32 sum, one requantization
+        keep = bool(node.args[2]) if len(node.args) > 2 else False
+        node.target = _int_mean
+        node.args = (node.args[0], list(node.args[1]), keep, qp.act_for(a)[0],
+                     *qp.act_for(node.name))
+    for node, a, b in muls:  # integer product and requantization (inputs now on grids)
+        node.target = _int_mul
+        node.args = (*node.args, qp.act_for(a)[0], qp.act_for(b)[0], *qp.act_for(node.name))
     gm.recompile()
-    return Int8Simulation(gm, dict(qp.ranges), dict(qp.activations))
+    return Int8Simulation(gm.double(), dict(qp.ranges), dict(qp.activations), float64=True)
 
 
 def simulate_int8(pm, weights: str = "per_channel", activations: str = "minmax",
