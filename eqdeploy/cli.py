@@ -113,7 +113,12 @@ Examples:
                    "float I/O].")
 @click.option("--calibration", type=click.Path(exists=False), default=None,
               help="Activation ranges from these inputs (folder of images or .npz; see "
-                   "calibration/README.md) [default: data-free, from BN statistics].")
+                   "calibration/README.md) [default: data-free, see --data-free].")
+@click.option("--data-free", type=click.Choice(["distilled", "bn-stats"]),
+              default="distilled", show_default=True,
+              help="Without --calibration: min/max over inputs distilled from the BN "
+                   "statistics (ZeroQ-style, a few seconds), or ranges propagated "
+                   "analytically from them (instant, weaker on heavy-tailed activations).")
 @click.option("--input-norm", default=None, metavar="MEAN[,..]:STD[,..]",
               help="Pixel normalization of the input (pixels in [0,1]), e.g. "
                    "0.1307:0.3081; fixes the input's INT8 range and normalizes images. "
@@ -138,7 +143,7 @@ Examples:
 @click.option("--allow-misaligned", is_flag=True,
               help="Convert even if the input size makes 90-degree rotations inexact.")
 def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, float_io,
-            calibration,
+            calibration, data_free,
             input_norm, no_dfq, no_cle, no_absorb, no_bias_correction, orbit_agnostic,
             probe_inputs, n_probes, tap, allow_misaligned, allow_broken):
     """Convert an equivariant MODEL to a plain conv network and write verified artifacts.
@@ -166,6 +171,7 @@ def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, f
                           allow_broken=allow_broken, int8=int8,
                           per_tensor=per_tensor, float_io=float_io,
                           calibration=Path(calibration) if calibration else None,
+                          data_free=data_free,
                           input_norm=_parse_norm(input_norm),
                           probe_inputs=Path(probe_inputs) if probe_inputs else None, dfq=dfq,
                           tap=tap)

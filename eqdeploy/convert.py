@@ -34,6 +34,7 @@ from eqdeploy.input_norm import read_input_norm
 from eqdeploy.lint import lint_input_size, lint_message
 from eqdeploy.load import load_model
 from eqdeploy.quantize.calibrate import load_calibration
+from eqdeploy.quantize.distill import distill_inputs, has_batchnorm
 from eqdeploy.quantize.params import QuantParams, compute_qparams
 from eqdeploy.quantize.simulate import simulate_with
 from eqdeploy.report.convert_markdown import convert_markdown
@@ -65,6 +66,7 @@ class ConvertOptions:
     per_tensor: bool = False
     float_io: bool = False  # INT8 TFLite: float32 input/output around QUANTIZE/DEQUANTIZE
     calibration: Path | None = None
+    data_free: str = "distilled"  # without calibration: "distilled" inputs or "bn-stats"
     input_norm: tuple[list[float], list[float]] | None = None  # pixel mean, std
     dfq: DfqOptions = field(default_factory=DfqOptions)
     tap: str | None = None  # module path whose output gets its own verified artifacts
@@ -129,18 +131,30 @@ def _quantize(plain: PlainModel, options: ConvertOptions, shape, probes, source_
         folded, fold_report = fold_batchnorm(plain)
         dfq_report = {"skipped": "--no-dfq", "passes": {"fold": fold_report}}
     timings["dfq"] = time.perf_counter() - t
+    distill = options.calibration is None and options.data_free == "distilled" \
+        and has_batchnorm(plain)
     t = stage("INT8 parameters (" + ("calibration" if options.calibration else
-                                     "data-free, from BN statistics") + ")")
+                                     "data-free: inputs distilled from BN statistics"
+                                     if distill else "data-free, from BN statistics") + ")")
     mean, std = options.input_norm or (None, None)
-    cal = None
-    if options.calibration is not None:
-        cal = load_calibration(options.calibration, shape, mean or [0.0], std or [1.0])
     input_range = None
     if mean is not None:
         m, s_ = np.asarray(mean, float), np.asarray(std, float)
         input_range = (float(((0 - m) / s_).min()), float(((1 - m) / s_).max()))
+    cal, distilled = None, None
+    if options.calibration is not None:
+        cal = load_calibration(options.calibration, shape, mean or [0.0], std or [1.0])
+    elif distill:
+        distilled = {}
+        cal = distill_inputs(plain, shape, input_range, seed=options.seed, info=distilled)
     qp = compute_qparams(folded, per_channel=not options.per_tensor, calibration=cal,
                          input_range=input_range)
+    if distilled is not None:
+        qp.ranges_from = "distilled"
+        qp.notes.append(f"data-free ranges: min/max over {distilled['n']} inputs distilled "
+                        f"from BN statistics ({distilled['steps']} Adam steps, seed "
+                        f"{options.seed}, BN loss {distilled['bn_loss_start']:.3g} -> "
+                        f"{distilled['bn_loss_end']:.3g})")
     sim = simulate_with(folded, qp)
     sim_out = sim.numpy(probes)
     timings["quantize"] = time.perf_counter() - t
