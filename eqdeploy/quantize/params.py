@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import fx
 
+from eqdeploy.errors import EqdeployError
+
 aten = torch.ops.aten
 
 ACTIVATIONS = {aten.relu.default, aten.relu_.default, aten.hardtanh.default,
@@ -35,7 +37,8 @@ SAME_GRID = {*ACTIVATIONS, aten.max_pool2d.default, aten.amax.default, aten.resh
              aten.dropout.default, aten.contiguous.default, aten.alias.default,
              aten.detach.default, aten.permute.default, aten.adaptive_max_pool2d.default,
              aten.max.dim, aten.sym_size.int, aten.avg_pool2d.default,
-             aten.adaptive_avg_pool2d.default}
+             aten.adaptive_avg_pool2d.default, aten.rot90.default, aten.flip.default}
+STACKS = {aten.stack.default, aten.cat.default}  # same grid when every input is on one grid
 CONV, LINEAR = aten.conv2d.default, aten.linear.default
 AVERAGING = {aten.mean.dim, aten.avg_pool2d.default, aten.adaptive_avg_pool2d.default}
 SUMS = {aten.sum.dim_IntList}
@@ -107,9 +110,28 @@ def is_selection(gm: fx.GraphModule, n: fx.Node) -> bool:
                 and (b is None or (b == 0).all()))
 
 
+def _grid_root(gm: fx.GraphModule, n: fx.Node) -> fx.Node:
+    """The node whose quantization grid ``n`` lies on (itself unless it keeps its input's)."""
+    while keeps_grid(gm, n) and n.args and isinstance(_first_input(n), fx.Node):
+        n = _first_input(n)
+    return n
+
+
+def _first_input(n: fx.Node):
+    a = n.args[0]
+    return a[0] if n.target in STACKS and isinstance(a, (list, tuple)) and a else a
+
+
 def keeps_grid(gm: fx.GraphModule, n: fx.Node) -> bool:
-    """Does ``n``'s output lie on its first input's quantization grid?"""
-    return n.op == "call_function" and (n.target in SAME_GRID or is_selection(gm, n))
+    """Does ``n``'s output lie on its first input's quantization grid? (A stack or concat
+    does when all its inputs lie on one grid, e.g. the rotated copies of the input.)"""
+    if n.op != "call_function":
+        return False
+    if n.target in STACKS:
+        parts = n.args[0] if n.args and isinstance(n.args[0], (list, tuple)) else []
+        roots = {_grid_root(gm, p).name for p in parts if isinstance(p, fx.Node)}
+        return len(parts) > 0 and len(roots) == 1
+    return n.target in SAME_GRID or is_selection(gm, n)
 
 
 def quant_points(gm: fx.GraphModule) -> tuple[dict[str, fx.Node], dict[str, fx.Node]]:
@@ -142,8 +164,8 @@ def grid_of(gm: fx.GraphModule, points: dict[str, fx.Node], producer: dict[str, 
         elif n.name in fused:
             grid[n.name] = fused[n.name]
         elif keeps_grid(gm, n) and n.args \
-                and isinstance(n.args[0], fx.Node) and n.args[0].name in grid:
-            grid[n.name] = grid[n.args[0].name]
+                and isinstance(_first_input(n), fx.Node) and _first_input(n).name in grid:
+            grid[n.name] = grid[_first_input(n).name]
     return grid
 
 
@@ -235,6 +257,9 @@ def propagate_stats(gm: fx.GraphModule, bn_stats: dict, input_mean: np.ndarray,
         if n.op != "call_function":
             continue
         ins = [stats.get(a.name) for a in n.args if isinstance(a, fx.Node)]
+        if n.target in STACKS and n.args and isinstance(n.args[0], (list, tuple)):
+            ins = [stats.get(a.name) for a in n.args[0] if isinstance(a, fx.Node)]
+            ins = ins[:1] if ins and all(i is not None for i in ins) else []
         if n.name in bn_stats:
             st = bn_stats[n.name]
             stats[n.name] = (np.asarray(st["mean"], float), np.asarray(st["std"], float))
@@ -323,6 +348,10 @@ def compute_qparams(pm, per_channel: bool = True, calibration: np.ndarray | None
                                 np.asarray(input_std, float))
         ranges: dict[str, tuple[float, float]] = {}
         for q, node in points.items():  # graph order: an op's inputs come first
+            if q not in stats:
+                raise EqdeployError(f"no data-free statistics reach tensor {q} "
+                                    f"({producer[q].target})",
+                                    "pass --calibration with a few real inputs")
             mu, sd = stats[q]
             lo, hi = float((mu - n_sigma * sd).min()), float((mu + n_sigma * sd).max())
             clip_lo, clip_hi = act_clip(node)
