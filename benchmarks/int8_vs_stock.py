@@ -128,23 +128,27 @@ def main() -> None:
             torch.save(model.state_dict(), ckpt)
             cal_file = tmp / "calib.npz"
             np.savez(cal_file, calib=calib)
-            for label, cal in (("eqdeploy data-free", None), ("eqdeploy calibrated", cal_file)):
+            for label, cal, data_free in (
+                    ("eqdeploy data-free (distilled, default)", None, "distilled"),
+                    ("eqdeploy data-free (bn-stats)", None, "bn-stats"),
+                    ("eqdeploy calibrated", cal_file, "distilled")):
                 t = time.perf_counter()
                 targets = ["tflite", "onnx"] if _onnx_int8_available() else ["tflite"]
+                outdir = tmp / label.split(" (")[0].replace(" ", "_") / data_free
                 convert(ckpt, ConvertOptions(
-                    targets=targets, outdir=tmp / label.replace(" ", "_"),
-                    input_shape=(1, 1, n, n), arch=f"eqdeploy.models.reference:{name}",
-                    int8=True, calibration=cal, probes=8))
+                    targets=targets, outdir=outdir, input_shape=(1, 1, n, n),
+                    arch=f"eqdeploy.models.reference:{name}", int8=True, calibration=cal,
+                    data_free=data_free, input_norm=([0.1307], [0.3081]), probes=8))
                 secs = round(time.perf_counter() - t, 1)
                 for target in targets:
-                    art = tmp / label.replace(" ", "_") / f"{name}.{target}"
+                    art = outdir / f"{name}.{target}"
                     spec = plain.spec
                     rows.append({"variant": f"{label} {target}", "convert_seconds": secs,
                                  **measure(art, spec, probes, fp32_out)})
         results["models"][name] = rows
         print(name, file=sys.stderr)
         for row in rows:
-            print(f"  {row['variant']:<28} changed {row['changed_max']:>3}/{len(probes)} "
+            print(f"  {row['variant']:<44} changed {row['changed_max']:>3}/{len(probes)} "
                   f"err {row['equivariance_error_max']:.1e} top1 "
                   f"{row['top1_agreement_vs_fp32']:.3f} {row['bytes']} B", file=sys.stderr)
     OUT.mkdir(exist_ok=True)
