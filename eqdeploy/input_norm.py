@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import fx
 
+from eqdeploy.fx_attrs import attr_tensor
+
 aten = torch.ops.aten
 Norm = tuple[list[float], list[float]]
 
@@ -63,10 +65,8 @@ def _value(gm: fx.GraphModule, arg, depth: int = 0):
     if not isinstance(arg, fx.Node) or depth > 8:
         return None
     if arg.op == "get_attr":
-        obj = gm
-        for part in str(arg.target).split("."):
-            obj = getattr(obj, part, None)
-        return obj.detach() if isinstance(obj, torch.Tensor) else None
+        value = attr_tensor(gm, arg)
+        return value if isinstance(value, torch.Tensor) else None
     if arg.op == "call_function" and arg.target is not aten.sym_size.int:
         args = [_value(gm, a, depth + 1) if isinstance(a, fx.Node) else a for a in arg.args]
         pairs = zip(args, arg.args, strict=True)

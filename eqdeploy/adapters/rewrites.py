@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import fx, nn
 
+from eqdeploy.fx_attrs import module_attr
+
 aten = torch.ops.aten
 _NONDETERMINISTIC = ("rand", "dropout", "bernoulli", "normal", "uniform", "empty", "multinomial")
 
@@ -115,13 +117,6 @@ def rewrite_stacked_conv3d(model: nn.Module, example: torch.Tensor
 
 
 # --- graph level ---------------------------------------------------------------------------
-def _get_attr(gm: nn.Module, target: str):
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _inputs(node: fx.Node) -> list[fx.Node]:
     return list(node.all_input_nodes)
 
@@ -152,7 +147,7 @@ def fold_constants(gm: fx.GraphModule) -> list[str]:
     const: dict[str, object] = {}
     for node in gm.graph.nodes:
         if node.op == "get_attr":
-            const[node.name] = _get_attr(gm, node.target)
+            const[node.name] = module_attr(gm, node.target)
         elif node.op == "call_function" and _deterministic(node) and \
                 all(a.name in const for a in _inputs(node)):
             args = fx.node.map_arg(node.args, lambda a: const[a.name])
@@ -223,7 +218,7 @@ def merge_field_batchnorm(gm: fx.GraphModule) -> list[str]:
                 new_args.append(None)
                 continue
             attr = f"_field_bn_{bn.name}_{i}"
-            value = _get_attr(gm, p.target).detach().repeat_interleave(copies).contiguous()
+            value = module_attr(gm, p.target).detach().repeat_interleave(copies).contiguous()
             gm.register_parameter(attr, nn.Parameter(value, requires_grad=False))
             with gm.graph.inserting_before(bn):
                 new_args.append(gm.graph.get_attr(attr))

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from eqdeploy.fx_attrs import attr_tensor
+
 aten = torch.ops.aten
 SHAPE_OPS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
              aten.permute.default, aten.transpose.int, aten.unsqueeze.default,
@@ -135,15 +137,6 @@ def _param(gm: fx.GraphModule, name: str, value: torch.Tensor, before: fx.Node) 
         return gm.graph.get_attr(name)
 
 
-def _attr(gm: fx.GraphModule, node) -> torch.Tensor | None:
-    if not isinstance(node, fx.Node) or node.op != "get_attr":
-        return None
-    obj = gm
-    for part in node.target.split("."):
-        obj = getattr(obj, part)
-    return obj.detach()
-
-
 def _conv(gm: fx.GraphModule, x, w, b, stride, padding, dilation, groups: int,
           before: fx.Node) -> fx.Node:
     with gm.graph.inserting_before(before):
@@ -200,9 +193,9 @@ def _rewrite_one(gm: fx.GraphModule, col: fx.Node, tag: str) -> dict | None:
     kw_, kb_ = None, None
     if k_src.op == "call_function" and k_src.target == aten.conv2d.default \
             and len(k_src.users) == 1:
-        kw_ = _attr(gm, k_src.args[1])
+        kw_ = attr_tensor(gm, k_src.args[1])
         bias_node = k_src.args[2] if len(k_src.args) > 2 else None
-        kb_ = _attr(gm, bias_node) if bias_node is not None else None
+        kb_ = attr_tensor(gm, bias_node) if bias_node is not None else None
         if kw_ is None or (bias_node is not None and kb_ is None):
             kw_ = None
     idx = b.reshape(-1)

@@ -32,21 +32,13 @@ import torch
 from torch import fx
 
 from eqdeploy.errors import EqdeployError
+from eqdeploy.fx_attrs import attr_tensor
 
 aten = torch.ops.aten
 BATCH_NORMS = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default,
                aten.native_batch_norm.default}
 
 __all__ = ["bn_targets", "distill_inputs", "has_batchnorm"]
-
-
-def _attr(gm: torch.nn.Module, node) -> torch.Tensor | None:
-    if not isinstance(node, fx.Node) or node.op != "get_attr":
-        return None
-    obj = gm
-    for part in node.target.split("."):
-        obj = getattr(obj, part)
-    return obj.detach()
 
 
 def _bn_args(n: fx.Node) -> tuple:
@@ -64,7 +56,7 @@ def bn_targets(gm: fx.GraphModule) -> dict[str, tuple[torch.Tensor, torch.Tensor
         if n.op != "call_function" or n.target not in BATCH_NORMS:
             continue
         _, mean_n, var_n, eps, training = _bn_args(n)
-        mean, var = _attr(gm, mean_n), _attr(gm, var_n)
+        mean, var = attr_tensor(gm, mean_n), attr_tensor(gm, var_n)
         if training or mean is None or var is None:
             continue
         out[n.name] = (mean.float(), torch.sqrt(var.float() + eps))
