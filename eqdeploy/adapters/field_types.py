@@ -113,3 +113,22 @@ def layout_of(field_type, group: Group, reps: dict[str, Representation],
         fields.append((start, rep.name))
         start += rep.size
     return Layout(tuple(fields), start, spatial)
+
+
+def exact_channel_perms(field_type, group: Group) -> dict[str, np.ndarray] | None:
+    """Channel permutation of every exact element (identity included) on ``field_type``;
+    None if a field is not a permutation representation."""
+    reps: dict[str, Representation] = {}
+    layout = layout_of(field_type, group, reps)
+    out = {}
+    for el in group.elements:
+        if not el.exact:
+            continue
+        perm = np.empty(layout.channels, dtype=np.int64)
+        for start, name in layout.fields:
+            rep = reps[name]
+            if rep.perms is None:
+                return None
+            perm[start:start + rep.size] = start + np.asarray(rep.perms[el.name])
+        out[el.name] = perm
+    return out
