@@ -35,6 +35,7 @@ from eqdeploy.lint import lint_input_size, lint_message
 from eqdeploy.load import load_model
 from eqdeploy.quantize.calibrate import load_calibration
 from eqdeploy.quantize.distill import distill_inputs, has_batchnorm
+from eqdeploy.quantize.normalize import global_pools_to_mean
 from eqdeploy.quantize.params import QuantParams, compute_qparams
 from eqdeploy.quantize.simulate import simulate_with
 from eqdeploy.report.convert_markdown import convert_markdown
@@ -125,6 +126,7 @@ def _quantize(plain: PlainModel, options: ConvertOptions, shape, probes, source_
               timings) -> dict:
     """DFQ, then the one parameter set for every target, then its torch simulation."""
     t = stage("DFQ: fold BN, equalize per field, absorb high biases, correct bias")
+    plain, _ = global_pools_to_mean(plain)
     if options.dfq.enabled:
         folded, dfq_report = run_dfq(plain, options.dfq)
     else:  # integer kernels have no BN: fold it even without DFQ
