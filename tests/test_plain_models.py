@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from eqdeploy.adapters.plain import regular_perms
+from eqdeploy.errors import EqdeployError
 from eqdeploy.groups import Group, apply_pixel_action
 from eqdeploy.models import p4m as M
 from eqdeploy.models import plain_groupconv as P
@@ -159,7 +160,10 @@ def _int8(converted: dict, request) -> dict:
     """The INT8 report; a strict xfail for a model with a known INT8 pipeline failure."""
     reason = INT8_KNOWN_FAILURES.get(converted["name"])
     if reason:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+        # the stated reason is checked: the conversion must stop with exactly that error
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason, raises=EqdeployError))
+    if "int8_error" in converted and "no QuantizeLinear" not in str(converted["int8_error"]):
+        raise AssertionError(f"unexpected INT8 failure: {converted['int8_error']}")
     if "int8_error" in converted:
         raise converted["int8_error"]
     return converted["int8"]
