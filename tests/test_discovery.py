@@ -196,5 +196,5 @@ def test_torchscript_input(tmp_path, plain_models):
     # the Conv3d stays 3D here (module rewrites need the nn.Module): its 5D tensors are
     # discovered as regular fields over (channel, copy) and listed beside the spec
     stacked = pm.info["discovery"]["stacked_layouts"]
-    assert any(f[1] == "regular" for lay in stacked.values() for f in lay["fields"])
+    assert any(run[0] == "regular" for lay in stacked.values() for run in lay["runs"])
     assert pm.spec.output_is_invariant()

@@ -212,3 +212,13 @@ def test_int8_artifacts_are_integer_with_shared_field_scales(resnet_converted):
     for scales in convs:
         fields = np.asarray(scales).reshape(-1, order)
         assert (fields == fields[:, :1]).all()
+
+
+@pytest.mark.slow
+def test_int8_artifacts_are_at_most_027_of_fp32(resnet_converted):
+    """~700k deployed weights: the fixed overhead (per-channel scales, zero points, the
+    manifest) no longer dominates, so the INT8 files are <= 0.27x the FP32 files."""
+    arts = [a for a in resnet_converted["report"]["artifacts"] if a["precision"] == "int8"]
+    assert sorted(a["target"] for a in arts) == ["onnx", "tflite"]
+    for a in arts:
+        assert a["size_ratio_vs_fp32"] <= 0.27, (a["file"], a["size_ratio_vs_fp32"])

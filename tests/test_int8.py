@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -83,15 +81,16 @@ def test_forced_parameters_land_verbatim_in_tflite(name, int8_converted):
 
 def test_weight_scales_equal_within_fields(int8_converted):
     report, outdir = int8_converted["c8_residual"]
-    spec = json.loads((outdir / "c8_residual.tflite.eqdeploy.json").read_text())["symmetry"]
-    reps = spec["representations"]
+    from eqdeploy.harness.runtime import read_spec
+
+    spec = read_spec(outdir / "c8_residual.tflite")
     checked = 0
     for node, scales in report["quantization"]["params"]["weights"].items():
-        layout = spec["tensors"].get(node)
+        layout = spec.tensors.get(node)
         if layout is None:
             continue
-        for start, rep in layout["fields"]:
-            size = reps[rep]["size"]
+        for start, rep in layout.fields:
+            size = spec.representations[rep].size
             assert len(set(scales[start:start + size])) == 1, (node, start)
             checked += 1
     assert checked >= 16

@@ -24,6 +24,7 @@ from eqdeploy.groups import Group, apply_pixel_action
 from eqdeploy.models import p4m as M
 from eqdeploy.models import plain_groupconv as P
 from eqdeploy.models import separable_gconv as S
+from eqdeploy.spec import SymmetrySpec
 
 MODELS = {  # name: (module, group)
     "p4cnn": (P, "C4"),
@@ -223,15 +224,15 @@ def test_discovered_fields_are_regular(converted):
     |G| channels; the logits are invariant."""
     group = converted["group"]
     order = Group(group).order
-    spec = json.loads(Path(f"{converted['fp32_sidecar']}.eqdeploy.json").read_text())
-    sym = spec["symmetry"]
-    reps = sym["representations"]
-    convs = [t for t in sym["tensors"] if t.startswith("conv2d")]
+    sym = SymmetrySpec.from_json(json.loads(
+        Path(f"{converted['fp32_sidecar']}.eqdeploy.json").read_text())["symmetry"])
+    reps = sym.representations
+    convs = [t for t in sym.tensors if t.startswith("conv2d")]
     assert len(convs) >= 3
     for t in convs:
-        lay = sym["tensors"][t]
-        assert {reps[r]["kind"] for _, r in lay["fields"]} == {"regular"}, t
-        assert {reps[r]["size"] for _, r in lay["fields"]} == {order}, t
-        assert [s for s, _ in lay["fields"]] == list(range(0, lay["channels"], order)), t
+        lay = sym.tensors[t]
+        assert {reps[r].kind for _, r in lay.fields} == {"regular"}, t
+        assert {reps[r].size for _, r in lay.fields} == {order}, t
+        assert [s for s, _ in lay.fields] == list(range(0, lay.channels, order)), t
     assert converted["fp32"]["model"]["discovery"]["group"] == group
-    assert {reps[r]["kind"] for _, r in sym["output"]["fields"]} == {"trivial"}
+    assert sym.output_is_invariant()

@@ -71,6 +71,13 @@ def test_spec_json_round_trip_and_version_check():
     spec = SymmetrySpec(Group("D4"), reps, layout, layout, {"t": layout})
     again = SymmetrySpec.loads(spec.dumps())
     assert again.to_json() == spec.to_json()
+    assert again.tensors["t"] == layout and again.input == layout
+    v1 = spec.to_json()  # version 1 spelled every field out; still read
+    v1["version"] = 1
+    for lay in (v1["input"], v1["output"], *v1["tensors"].values()):
+        del lay["runs"]
+        lay["fields"] = [list(f) for f in layout.fields]
+    assert SymmetrySpec.from_json(v1).tensors["t"] == layout
     bad = spec.to_json()
     bad["version"] = 99
     with pytest.raises(EqdeployError, match="version 99"):

@@ -4,8 +4,6 @@ proof, in artifacts cut from the same graph with the same INT8 parameters."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -39,6 +37,12 @@ def int8_tapped(flat_model, tmp_path_factory):
                     tap="features"), out
 
 
+def _spec(artifact):
+    from eqdeploy.harness.runtime import read_spec
+
+    return read_spec(artifact)  # the manifest embedded in the artifact
+
+
 def _row(report, artifact):
     return next(v for v in report["verification"] if v.get("artifact") == artifact)
 
@@ -58,10 +62,9 @@ def test_int8_tap_is_bit_exact_and_matches_simulation(artifact, int8_tapped):
     assert [r["changed"] for r in row["equivariance"]] == [0, 0, 0]
     assert row["max_steps_vs_simulation"] <= 1.0 + 1e-3
     # the tapped tensor is a feature map of regular fields: spatial action + permutation
-    spec = json.loads((outdir / f"{artifact}.eqdeploy.json").read_text())["symmetry"]
-    assert spec["output"]["spatial"] is True
-    assert {spec["representations"][r]["kind"] for _, r in spec["output"]["fields"]} \
-        == {"regular"}
+    spec = _spec(outdir / artifact)
+    assert spec.output.spatial is True
+    assert {spec.representations[r].kind for _, r in spec.output.fields} == {"regular"}
 
 
 def test_main_artifact_records_that_its_output_has_no_action(int8_tapped):
@@ -69,9 +72,8 @@ def test_main_artifact_records_that_its_output_has_no_action(int8_tapped):
     assert report["model"]["output_action"].startswith("none")
     for artifact in ("flat.onnx", "flat.tflite"):
         assert _row(report, artifact)["equivariance"] == []
-        spec = json.loads((outdir / f"{artifact}.eqdeploy.json").read_text())["symmetry"]
-        kinds = [spec["representations"][r]["kind"] for _, r in spec["output"]["fields"]]
-        assert kinds == ["other"]
+        spec = _spec(outdir / artifact)
+        assert [spec.representations[r].kind for _, r in spec.output.fields] == ["other"]
 
 
 def test_fp32_tap_artifact_equals_the_source_feature_map(flat_model, tmp_path):
