@@ -6,6 +6,7 @@ device with the base install and one runtime; conversion imports torch lazily.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -50,6 +51,10 @@ def _quiet_converters() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*training mode.*")
+    with contextlib.suppress(ImportError):  # graph-cleanup notes while quantizing
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)
 
 
 def _parse_shape(value: str | None) -> tuple[int, int, int, int] | None:
@@ -189,7 +194,8 @@ def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, f
         eq = v["equivariance"]
         worst = max((r["rel_err_max"] for r in eq), default=0.0)
         who = v["runtime"] + (f" @ tap {v['tap']}" if v.get("tap") else "")
-        line = (f"  {who:<24} vs source {v['rel_err_vs_source']:.1e}   "
+        what = v.get("artifact", "graph")
+        line = (f"  {who:<24} {what:<22} vs source {v['rel_err_vs_source']:.1e}   "
                 + (f"equivariance error {worst:.1e}" if eq else "no group action on the output"))
         if int8 and eq:
             line += f"   changed {max(r['changed'] for r in eq)}/{eq[0]['probes']}"

@@ -169,13 +169,17 @@ def _quantize(plain: PlainModel, options: ConvertOptions, shape, probes, source_
             "simulation_out": sim_out, "simulation_row": row, "output_step": out_step}
 
 
-def _int8_fidelity(runner, probes: np.ndarray, sim_out: np.ndarray, out_step: float) -> dict:
-    """Artifact vs the torch simulation of the same parameters, in output steps."""
+def _int8_fidelity(runner, probes: np.ndarray, sim_out: np.ndarray, out_step: float,
+                   fp32_out: np.ndarray) -> dict:
+    """Artifact vs the torch simulation of the same parameters and vs the FP32 reference,
+    in output quantization steps."""
     y = runner.run(probes)
     step = runner.output_qparams[0] if runner.output_qparams else out_step
     diff = float(np.abs(y - sim_out).max())
+    off = float(np.abs(y - fp32_out).max())
     return {"max_abs_err_vs_simulation": diff,
             "max_steps_vs_simulation": None if not step else round(diff / step, 3),
+            "max_steps_vs_fp32": None if not step else round(off / step, 3),
             "output_step": step}
 
 
@@ -249,7 +253,8 @@ def _verified(target: str, path: Path, job: _Emission, info: dict, probes: np.nd
     if job.label:
         row["tap"] = options.tap
     if quant:
-        row.update(_int8_fidelity(runner, probes, job.simulation, job.output_step))
+        row.update(_int8_fidelity(runner, probes, job.simulation, job.output_step,
+                                  reference))
     np.savez(Path(f"{path}{PROBES_SUFFIX}"), inputs=probes, reference=reference)
     art = {"target": target, "file": path.name, "bytes": path.stat().st_size,
            "sha256": sha256_file(path), "runtime": runner.runtime, "batch": batch,

@@ -88,6 +88,13 @@ def test_rewrites_give_plain_conv2d_with_constant_weights(name, plain_models):
     nodes = [n for n in pm.program.graph.nodes if n.op == "call_function"]
     targets = {str(n.target) for n in nodes}
     assert not [t for t in targets if "conv3d" in t or "convolution" in t], name
+    # (1, k, k) 3D pools became 2D pools; no activation reads a reshape (it fuses into
+    # the conv before it: LiteRT's quantizer left conv -> unflatten -> relu in float)
+    assert not [t for t in targets if "pool3d" in t], name
+    views = {torch.ops.aten.unflatten.int, torch.ops.aten.view.default,
+             torch.ops.aten.reshape.default, torch.ops.aten.flatten.using_ints}
+    assert not [n.name for n in nodes if n.target == torch.ops.aten.relu.default
+                and n.args[0].target in views], name
     sig = pm.program.graph_signature
     for c in _convs(pm):
         w = c.args[1]
@@ -198,3 +205,25 @@ def test_torchscript_input(tmp_path, plain_models):
     stacked = pm.info["discovery"]["stacked_layouts"]
     assert any(run[0] == "regular" for lay in stacked.values() for run in lay["runs"])
     assert pm.spec.output_is_invariant()
+
+
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_pool3d_over_stacked_copies_becomes_an_exact_pool2d(pool):
+    """A (1, k, k) max/avg pool3d and a relu behind a reshape: rewritten, same outputs."""
+    from eqdeploy.adapters.rewrites import activations_before_reshapes, pool3d_to_pool2d
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            y = x.unflatten(1, (3, 4)).relu()
+            if pool == "max":
+                return torch.nn.functional.max_pool3d(y, (1, 3, 3), (1, 2, 2), (0, 1, 1))
+            return torch.nn.functional.avg_pool3d(y, (1, 2, 2))
+
+    x = torch.randn(2, 12, 9, 9)
+    gm = torch.export.export(Net(), (x,)).module()
+    assert pool3d_to_pool2d(gm) == 1 and activations_before_reshapes(gm) == 1
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert not [t for t in targets if "pool3d" in str(t)]
+    assert targets.index(torch.ops.aten.relu.default) < targets.index(
+        torch.ops.aten.unflatten.int)
+    assert torch.equal(gm(x), Net()(x))

@@ -14,7 +14,9 @@ REFERENCE = ["c4_cnn", "c8_residual", "d4_cnn"]
 
 @pytest.fixture(scope="session")
 def int8_converted(tmp_path_factory):
-    """Each reference model converted to INT8 TFLite (+ ONNX when available), defaults."""
+    """Each reference model converted to INT8 ONNX + TFLite with default settings: no
+    calibration data (ranges from inputs distilled from the BN statistics); the input
+    normalization is given, as a user would."""
     import torch
 
     from eqdeploy.convert import ConvertOptions, convert
@@ -29,12 +31,10 @@ def int8_converted(tmp_path_factory):
         n = R.EXACT_SIZES[name]
         probes = d / "digits.npz"  # held-out MNIST digits: real inputs, real margins
         np.savez(probes, inputs=load_mnist29("test", size=n)[0][:48])
-        calib = d / "calib.npz"  # other digits (the bundled calibration split)
-        np.savez(calib, calib=load_mnist29("calib", size=n)[0][:128])
         opts = ConvertOptions(targets=["onnx", "tflite"], outdir=d / "out",
                               input_shape=(1, 1, n, n),
                               arch=f"eqdeploy.models.reference:{name}", int8=True,
-                              probes=48, probe_inputs=probes, calibration=calib,
+                              probes=48, probe_inputs=probes,
                               input_norm=([0.1307], [0.3081]))
         out[name] = (convert(path, opts), d / "out")
     return out
@@ -52,8 +52,10 @@ def test_int8_artifacts_are_bit_exact_and_faithful(name, runtime, int8_converted
     row = _rows(report, runtime)
     assert len(row["equivariance"]) == {"c4_cnn": 3, "c8_residual": 3, "d4_cnn": 7}[name]
     assert [r["changed"] for r in row["equivariance"]] == [0] * len(row["equivariance"])
+    assert report["quantization"]["params"]["scheme"]["ranges_from"] == "distilled"
     assert row["top1_agreement_vs_source"] >= 0.97
     assert row["max_steps_vs_simulation"] <= 1.0 + 1e-3
+    assert row["max_steps_vs_fp32"] >= row["max_steps_vs_simulation"]  # measured, not 0
 
 
 @pytest.mark.parametrize("name", REFERENCE)
@@ -97,12 +99,12 @@ def test_weight_scales_equal_within_fields(int8_converted):
 
 
 @pytest.mark.parametrize("name,method,float_io", [("c4_cnn", "bn-stats", True),
-                                                  ("c8_residual", "distilled", False)])
-def test_data_free_ranges_also_work(name, method, float_io, tmp_path):
-    """No calibration data. Default: min/max over inputs distilled from the BN statistics,
-    which c8_residual needs (its trained activations are heavy-tailed, max ~20 std: ranges
-    propagated analytically from BN statistics gave top-1 ~0.5). The c4 case takes the
-    analytical ranges and float I/O: float32 only at the model's input and output."""
+                                                  ("c8_residual", "calibration", False)])
+def test_analytical_and_calibrated_ranges_also_work(name, method, float_io, tmp_path):
+    """The other two range sources (the default, distilled inputs, is the fixture above):
+    ranges propagated analytically from the BN statistics, with float I/O (float32 only at
+    the model's input and output), and min/max over calibration digits (c8_residual's
+    heavy-tailed activations, max ~20 std, are the case analytical ranges miss)."""
     import torch
 
     from eqdeploy.convert import ConvertOptions, convert
@@ -114,10 +116,15 @@ def test_data_free_ranges_also_work(name, method, float_io, tmp_path):
     torch.save(getattr(R, name)().state_dict(), path)
     probes = tmp_path / "digits.npz"
     np.savez(probes, inputs=load_mnist29("test", size=n)[0][:48])
+    calib = None
+    if method == "calibration":  # other digits (the bundled calibration split)
+        calib = tmp_path / "calib.npz"
+        np.savez(calib, calib=load_mnist29("calib", size=n)[0][:128])
     report = convert(path, ConvertOptions(outdir=tmp_path / "out", input_shape=(1, 1, n, n),
                                           arch=f"eqdeploy.models.reference:{name}", int8=True,
                                           probes=48, probe_inputs=probes, float_io=float_io,
-                                          data_free=method, input_norm=([0.1307], [0.3081])))
+                                          calibration=calib, data_free="bn-stats",
+                                          input_norm=([0.1307], [0.3081])))
     assert report["quantization"]["params"]["scheme"]["ranges_from"] == method
     art = next(a for a in report["artifacts"] if a["precision"] == "int8")
     io = "FLOAT32" if float_io else "INT8"

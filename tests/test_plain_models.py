@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from eqdeploy.adapters.plain import regular_perms
-from eqdeploy.errors import EqdeployError
 from eqdeploy.groups import Group, apply_pixel_action
 from eqdeploy.models import p4m as M
 from eqdeploy.models import plain_groupconv as P
@@ -34,11 +33,6 @@ MODELS = {  # name: (module, group)
     "p4m_resnet": (M, "D4"),
 }
 RUNTIMES = ["onnxruntime", "ai-edge-litert"]
-INT8_KNOWN_FAILURES = {  # pipeline limits outside these models (see the reasons)
-    "rotstack_c4": "ONNX: ORT's quantize_static puts no QuantizeLinear before the rot90 "
-                   "lifting (Transpose/Slice/Concat), so the input's parameters cannot be "
-                   "forced; the TFLite is bit-exact but its 5D MaxPool3d(1,2,2) stays float",
-}
 
 
 # --- layer equations (cheap) --------------------------------------------------------------------
@@ -144,30 +138,10 @@ def converted(request, tmp_path_factory):
         return report, time.perf_counter() - t
 
     # one INT8 conversion writes and verifies the FP32 artifacts beside the INT8 ones
-    try:
-        out["int8"], out["int8_seconds"] = run(True, d / "out")
-        out["fp32"], out["fp32_sidecar"] = out["int8"], d / "out" / f"{name}.fp32.onnx"
-    except Exception as e:  # noqa: BLE001 - a known INT8 failure is reported per test
-        if name not in INT8_KNOWN_FAILURES:
-            raise
-        out["int8_error"] = e
-        out["fp32"], _ = run(False, d / "fp32")
-        out["fp32_sidecar"] = d / "fp32" / f"{name}.onnx"
+    out["int8"], out["int8_seconds"] = run(True, d / "out")
+    out["fp32"], out["fp32_sidecar"] = out["int8"], d / "out" / f"{name}.fp32.onnx"
     out["int8_dir"] = d / "out"
     return out
-
-
-def _int8(converted: dict, request) -> dict:
-    """The INT8 report; a strict xfail for a model with a known INT8 pipeline failure."""
-    reason = INT8_KNOWN_FAILURES.get(converted["name"])
-    if reason:
-        # the stated reason is checked: the conversion must stop with exactly that error
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason, raises=EqdeployError))
-    if "int8_error" in converted and "no QuantizeLinear" not in str(converted["int8_error"]):
-        raise AssertionError(f"unexpected INT8 failure: {converted['int8_error']}")
-    if "int8_error" in converted:
-        raise converted["int8_error"]
-    return converted["int8"]
 
 
 def _row(report: dict, runtime: str, precision: str) -> dict:
@@ -194,10 +168,10 @@ def test_fp32_artifacts_match_the_source(runtime, converted):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_int8_artifacts_are_bit_exact(runtime, converted, request):
+def test_int8_artifacts_are_bit_exact(runtime, converted):
     """Integer kernels: 0 changed outputs (the float torch simulation is not held to
     this: its fp32 accumulation order differs under the transform)."""
-    row = _row(_int8(converted, request), runtime, "int8")
+    row = _row(converted["int8"], runtime, "int8")
     assert len(row["equivariance"]) == _exact(converted["group"])
     assert [r["changed"] for r in row["equivariance"]] == [0] * _exact(converted["group"])
     assert row["max_steps_vs_simulation"] <= 1.0 + 1e-3
@@ -206,10 +180,10 @@ def test_int8_artifacts_are_bit_exact(runtime, converted, request):
 
 
 @pytest.mark.slow
-def test_int8_artifacts_are_integer_with_every_batch_norm_folded(converted, request):
+def test_int8_artifacts_are_integer_with_every_batch_norm_folded(converted):
     from eqdeploy.targets.tflite_int8 import float_tensors
 
-    report, name = _int8(converted, request), converted["name"]
+    report, name = converted["int8"], converted["name"]
     assert report["quantization"]["dfq"]["passes"]["fold"]["kept"] == []
     onnx_art = next(a for a in report["artifacts"] if a["target"] == "onnx"
                     and a["precision"] == "int8")

@@ -51,10 +51,12 @@ import torch
 from torch import fx, nn
 
 from eqdeploy.adapters.rewrites import (
+    activations_before_reshapes,
     convolution_to_conv2d,
     drop_guards,
     fold_constants,
     merge_field_batchnorm,
+    pool3d_to_pool2d,
     rewrite_stacked_conv3d,
 )
 from eqdeploy.adapters.torchscript import torchscript_to_module
@@ -542,7 +544,9 @@ def export_plain(model: nn.Module | torch.jit.ScriptModule, example: torch.Tenso
     merged = merge_field_batchnorm(gm) if rewrite else []
     converted = convolution_to_conv2d(gm)
     converted += rewrite_windows(gm, info) if rewrite else 0
-    if folded or merged or converted:
+    pools = pool3d_to_pool2d(gm) if rewrite else 0
+    moved = activations_before_reshapes(gm) if rewrite else 0
+    if folded or merged or converted or pools or moved:
         program = _dynamic_export(gm, example)
         info.setdefault("rewrites", []).extend(
             {"node": nm, "kind": "constant-folded", "note": "input-independent op evaluated "
@@ -550,6 +554,14 @@ def export_plain(model: nn.Module | torch.jit.ScriptModule, example: torch.Tenso
         info["rewrites"].extend(
             {"node": nm, "kind": "field batch norm -> 4D batch norm", "note": "5D batch_norm "
              "between reshapes, statistics repeated over each field"} for nm in merged)
+        if pools:
+            info["rewrites"].append({"kind": "pool3d(1,k,k)->pool2d", "count": pools,
+                                     "note": "5D pooling of each stacked copy -> 2D pooling "
+                                     "of the (N, C*G, H, W) view"})
+        if moved:
+            info["rewrites"].append({"kind": "activation before reshape", "count": moved,
+                                     "note": "reshape -> relu became relu -> reshape, so "
+                                     "the activation fuses into the conv before it"})
     info["export_seconds"] = round(time.perf_counter() - t0, 3)
     info["deployed_parameters"] = int(sum(p.numel() for p in program.state_dict.values()))
     info["input_shape"] = list(example.shape)

@@ -18,6 +18,14 @@
   the 4D tensor with each field's statistics repeated G times: the reshape -> batch_norm ->
   reshape chain becomes one 4D ``batch_norm`` (exact), which BN folding can merge into the
   conv before it.
+- ``pool3d_to_pool2d`` (graph level): a max/avg ``pool3d`` with a ``(1, k, k)`` window over
+  ``(N, C, G, H, W)`` pools each copy alone: it becomes the 2D pool of the tensor viewed as
+  ``(N, C*G, H, W)`` between two reshapes (exact), which every runtime runs in integers
+  (LiteRT keeps a 5D MAX_POOL_3D in float).
+- ``activations_before_reshapes`` (graph level): ``conv -> unflatten -> relu`` (a Conv3d
+  rewrite's output viewed as ``(N, C, G, H, W)``) becomes ``conv -> relu -> unflatten``, so
+  quantizers fuse the activation into the conv (litert's PT2E quantizer otherwise leaves
+  the relu and everything after it in float). Exact: the activation acts per element.
 - ``convolution_to_conv2d``: ``aten.convolution`` (TorchScript conversions produce it) ->
   ``aten.conv2d`` when it is a plain 2D, non-transposed convolution.
 """
@@ -237,6 +245,92 @@ def merge_field_batchnorm(gm: fx.GraphModule) -> list[str]:
     return merged
 
 
+def _swap(gm: fx.GraphModule, old: fx.Node, new: fx.Node) -> None:
+    """``new`` takes ``old``'s place (and metadata) in the graph."""
+    new.meta = dict(old.meta)
+    old.replace_all_uses_with(new)
+    gm.graph.erase_node(old)
+
+
+def _pool3d_args(node: fx.Node) -> tuple[list[int], ...] | None:
+    """(kernel, stride, padding, dilation) of a pool3d node, each of 3 ints."""
+    def three(v, default):
+        v = default if v is None or v == [] else v
+        return [int(v)] * 3 if isinstance(v, int) else [int(a) for a in v]
+
+    args = list(node.args) + [None] * 6
+    kernel = three(args[1], None)
+    stride = three(args[2], kernel)
+    padding = three(args[3], 0)
+    dilation = three(args[4], 1) if node.target == aten.max_pool3d.default else [1, 1, 1]
+    return kernel, stride, padding, dilation
+
+
+def pool3d_to_pool2d(gm: fx.GraphModule) -> int:
+    """Replace (1, k, k) max/avg ``pool3d`` nodes on 5D tensors by reshape -> 2D pool ->
+    reshape, in place (an unlifted ``program.module()``). Returns the count replaced."""
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in (aten.max_pool3d.default,
+                                                            aten.avg_pool3d.default):
+            continue
+        shape = _shape(node.args[0])
+        kernel, stride, padding, dilation = _pool3d_args(node)
+        if shape is None or len(shape) != 5 or kernel[0] != 1 or stride[0] != 1 \
+                or padding[0] != 0 or dilation[0] != 1:
+            continue
+        n_c, n_g = shape[1], shape[2]
+        rest = list(node.args[5:]) if node.target == aten.max_pool3d.default else \
+            list(node.args[4:])
+        with gm.graph.inserting_before(node):
+            flat = gm.graph.call_function(aten.flatten.using_ints, (node.args[0], 1, 2))
+            if node.target == aten.max_pool3d.default:
+                pooled = gm.graph.call_function(
+                    aten.max_pool2d.default, (flat, kernel[1:], stride[1:], padding[1:],
+                                              dilation[1:], *rest[:1]))
+            else:
+                pooled = gm.graph.call_function(
+                    aten.avg_pool2d.default, (flat, kernel[1:], stride[1:], padding[1:],
+                                              *rest))
+            back = gm.graph.call_function(aten.unflatten.int, (pooled, 1, [n_c, n_g]))
+        _swap(gm, node, back)
+        count += 1
+    if count:
+        gm.recompile()
+    return count
+
+
+_ELEMENTWISE = (aten.relu.default, aten.relu6.default, aten.hardtanh.default)
+_VIEWS = (*_RESHAPES, aten.flatten.using_ints, aten.unflatten.int)
+
+
+def activations_before_reshapes(gm: fx.GraphModule) -> int:
+    """Move an elementwise activation in front of the reshape feeding it (when the reshape
+    has no other user), in place. Returns the count moved."""
+    count = 0
+    for act in list(gm.graph.nodes):
+        if act.op != "call_function" or act.target not in _ELEMENTWISE:
+            continue
+        view = act.args[0]
+        if not (isinstance(view, fx.Node) and view.op == "call_function"
+                and view.target in _VIEWS and len(view.users) == 1):
+            continue
+        with gm.graph.inserting_before(act):
+            new_act = gm.graph.call_function(act.target, (view.args[0], *act.args[1:]),
+                                             dict(act.kwargs))
+            new_view = gm.graph.call_function(view.target, (new_act, *view.args[1:]),
+                                              dict(view.kwargs))
+        new_act.meta = dict(view.args[0].meta) if isinstance(view.args[0], fx.Node) else {}
+        new_view.meta = dict(act.meta)
+        act.replace_all_uses_with(new_view)
+        gm.graph.erase_node(act)
+        gm.graph.erase_node(view)
+        count += 1
+    if count:
+        gm.recompile()
+    return count
+
+
 def convolution_to_conv2d(gm: fx.GraphModule) -> int:
     """Replace 2D non-transposed ``aten.convolution`` nodes by ``aten.conv2d``, in place."""
     count = 0
@@ -252,9 +346,7 @@ def convolution_to_conv2d(gm: fx.GraphModule) -> int:
             new = gm.graph.call_function(aten.conv2d.default,
                                          (x, w, b, list(stride), list(padding), list(dilation),
                                           groups))
-        new.meta = dict(node.meta)
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
+        _swap(gm, node, new)
         count += 1
     if count:
         gm.recompile()

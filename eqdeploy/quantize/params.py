@@ -32,12 +32,17 @@ ACTIVATIONS = {aten.relu.default, aten.relu_.default, aten.hardtanh.default,
                aten.hardtanh_.default, aten.relu6.default, aten.clamp.default}
 # ops whose output lies on its input's quantization grid
 SAME_GRID = {*ACTIVATIONS, aten.max_pool2d.default, aten.amax.default, aten.reshape.default,
-             aten.view.default, aten.flatten.using_ints, aten.squeeze.dims, aten.squeeze.dim,
+             aten.view.default, aten.flatten.using_ints, aten.unflatten.int, aten.squeeze.dims,
+             aten.squeeze.dim,
              aten.unsqueeze.default, aten._unsafe_view.default, aten.clone.default,
              aten.dropout.default, aten.contiguous.default, aten.alias.default,
              aten.detach.default, aten.permute.default, aten.adaptive_max_pool2d.default,
              aten.max.dim, aten.sym_size.int, aten.avg_pool2d.default,
              aten.adaptive_avg_pool2d.default, aten.rot90.default, aten.flip.default}
+RESHAPES = {aten.reshape.default, aten.view.default, aten._unsafe_view.default,
+            aten.flatten.using_ints, aten.unflatten.int, aten.squeeze.dims, aten.squeeze.dim,
+            aten.unsqueeze.default, aten.clone.default, aten.contiguous.default,
+            aten.alias.default, aten.detach.default}
 STACKS = {aten.stack.default, aten.cat.default}  # same grid when every input is on one grid
 CONV, LINEAR = aten.conv2d.default, aten.linear.default
 AVERAGING = {aten.mean.dim, aten.avg_pool2d.default, aten.adaptive_avg_pool2d.default}
@@ -134,6 +139,18 @@ def keeps_grid(gm: fx.GraphModule, n: fx.Node) -> bool:
     return n.target in SAME_GRID or is_selection(gm, n)
 
 
+def _fused_activation(n: fx.Node) -> fx.Node | None:
+    """The activation that alone consumes ``n``, directly or through reshapes (e.g.
+    conv -> unflatten -> relu over a stacked group axis): its range quantizes ``n``."""
+    while len(n.users) == 1:
+        n = next(iter(n.users))
+        if n.target in ACTIVATIONS:
+            return n
+        if n.target not in RESHAPES:
+            return None
+    return None
+
+
 def quant_points(gm: fx.GraphModule) -> tuple[dict[str, fx.Node], dict[str, fx.Node]]:
     """Quantized nodes by name, and for each, the node that produced it before a fused act."""
     points, producer = {}, {}
@@ -145,8 +162,7 @@ def quant_points(gm: fx.GraphModule) -> tuple[dict[str, fx.Node], dict[str, fx.N
             continue
         if n.op != "call_function" or not _is_float(n) or keeps_grid(gm, n):
             continue
-        users = list(n.users)
-        q = users[0] if len(users) == 1 and users[0].target in ACTIVATIONS else n
+        q = _fused_activation(n) or n
         points[q.name], producer[q.name] = q, n
     return points, producer
 

@@ -7,6 +7,77 @@ def _e(v: float) -> str:
     return f"{v:.1e}"
 
 
+def _integer(a: dict) -> str:
+    """Whether an INT8 artifact runs in integers, with the evidence."""
+    if a["target"] == "onnx":
+        floats = a.get("float_compute_ops")
+        if floats is None:
+            return "-"
+        conv = "QLinearConv" in a.get("ort_ops", [])
+        return ("yes" if not floats else f"no: float {', '.join(floats)}") + \
+            (" (ORT runs QLinearConv)" if conv else "")
+    floats = a.get("float_tensors")
+    if floats is None:
+        return "-"
+    io = a.get("io") or {}
+    float_io = [t for t in [*io.get("inputs", []), *io.get("outputs", [])] if t == "FLOAT32"]
+    if not floats:
+        return "yes (no float32 tensor)"
+    if len(floats) <= len(float_io):
+        return "yes (float32 only at the I/O, --float-io)"
+    return f"no: {len(floats)} float32 tensors"
+
+
+def _steps(v) -> str:
+    return "-" if v is None else f"{v:g}"
+
+
+_PASS_ITEMS = ("folded", "replaced", "pairs", "absorbed", "corrected")
+
+
+def _count(p: dict) -> str:
+    """What a DFQ pass did, e.g. ``2 pairs, 1 skipped``."""
+    done = next((f"{len(p[k])} {k}" for k in _PASS_ITEMS if k in p), "")
+    skipped = len(p.get("skipped") or [])
+    return f"({done}{f', {skipped} skipped' if skipped else ''})"
+
+
+def _int8_sections(report: dict) -> list[str]:
+    """INT8 fidelity per artifact and the parameter set's summary."""
+    rows = {v["artifact"]: v for v in report["verification"] if "max_steps_vs_simulation" in v}
+    lines = ["", "## INT8 fidelity", "",
+             "Each INT8 artifact against the FP32 source (or the tap's FP32 graph) and against "
+             "the torch simulation of the same parameters, on the probes; sizes against the "
+             "FP32 artifact of the same graph written beside it.", "",
+             "| artifact | runtime | top-1 vs FP32 | max error vs FP32 (steps) | vs simulation "
+             "(steps) | bytes | / FP32 | integer | I/O |", "|---|---|---|---|---|---|---|---|---|"]
+    for a in report["artifacts"]:
+        v = rows.get(a["file"])
+        if a["precision"] != "int8" or v is None:
+            continue
+        top1 = v.get("top1_agreement_vs_source")
+        io = a.get("io") or {"inputs": ["FLOAT32"], "outputs": ["FLOAT32"]}
+        lines.append(f"| {a['file']} | {v['runtime']} | "
+                     f"{'-' if top1 is None else f'{top1:.3f}'} | "
+                     f"{_steps(v.get('max_steps_vs_fp32'))} | "
+                     f"{_steps(v.get('max_steps_vs_simulation'))} | {a['bytes']} | "
+                     f"{a.get('size_ratio_vs_fp32', '-')} | {_integer(a)} | "
+                     f"{'/'.join(io['inputs'])} -> {'/'.join(io['outputs'])} |")
+    q = report["quantization"]["params"]
+    sch = q["scheme"]
+    dfq = report["quantization"]["dfq"]
+    passes = dfq.get("passes", {})
+    done = [f"{k} {_count(p)}" for k, p in passes.items() if isinstance(p, dict)]
+    lines += ["", "## Quantization parameters (one set, forced into every artifact)", "",
+              f"- weights: {sch['weights']}; {len(q['weights'])} layers",
+              f"- activations: {sch['activations']}; {len(q['activations'])} quantization "
+              f"points, ranges from {sch['ranges_from']}",
+              f"- DFQ: {dfq.get('skipped') or ', '.join(done)}",
+              *[f"- {n}" for n in q.get("notes", [])],
+              "- every scale and zero point: `quantization.params` in the JSON report"]
+    return lines
+
+
 def convert_markdown(report: dict) -> str:
     """The human-readable twin of ``<name>.report.json``."""
     m = report["model"]
@@ -37,6 +108,8 @@ def convert_markdown(report: dict) -> str:
     if any(v.get("tap") for v in report["verification"]):
         lines += ["", "Tap rows compare against the FP32 graph cut at the tap (after DFQ for "
                   "INT8 artifacts, whose equalization rescales the tapped tensor per field)."]
+    if report.get("quantization"):
+        lines += _int8_sections(report)
     lines += ["", "## Artifacts", "", "| target | file | bytes | seconds | ops |",
               "|---|---|---|---|---|"]
     for a in report["artifacts"]:

@@ -29,8 +29,9 @@ import onnx
 
 from eqdeploy.export import PlainModel
 from eqdeploy.quantize.params import QuantParams
+from eqdeploy.targets.onnx_target import FX_NODE
 
-FX_META = "pkg.torch.onnx.fx_node"
+FX_META = FX_NODE  # the FX node an ONNX node was lowered from (kept by onnx_target.emit)
 ORIGINAL = "pkg.torch.onnx.original_node_name"
 META_KEY = "eqdeploy.onnx_int8"  # metadata_props: settings and plain-graph -> ONNX names
 INTEGER_CONV = {"QLinearConv", "ConvInteger"}
@@ -39,6 +40,7 @@ INTEGER_CONV = {"QLinearConv", "ConvInteger"}
 FLOAT_COMPUTE = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "ReduceMean",
                  "ReduceSum", "AveragePool", "GlobalAveragePool"}
 Q_IN_SUFFIX = "_QuantizeLinear_Input"  # ORT renames a quantized graph output's producer value
+DQ_OUT_SUFFIX = "_DequantizeLinear_Output"  # ORT's name for a dequantized initializer
 
 
 @dataclass(frozen=True)
@@ -333,11 +335,19 @@ def emit_int8(plain: PlainModel, qp: QuantParams, path: str | Path, batch: int =
             reduce_range=opts.reduce_range,
             extra_options={"TensorQuantOverrides": overrides,
                            "ActivationSymmetric": False, "WeightSymmetric": True,
-                           "QDQDisableWeightAdjustForInt32Bias": True})
+                           "QDQDisableWeightAdjustForInt32Bias": True,
+                           # data movement on the graph input (rot90 lifting) is quantized
+                           "ForceQuantizeNoInputCheck": True,
+                           # ORT drops a Relu whose input it quantized, assuming the output
+                           # grid clips at 0; a Relu sharing its input's grid must stay
+                           "QDQKeepRemovableActivations": True})
     q = onnx.load(str(path))
     for node in q.graph.node:  # exporter stack traces etc.: bytes, and local paths
         del node.metadata_props[:]
     del q.graph.value_info[:]
+    short = shorten_names(q)
+    names = {fx: short.get(v, v) for fx, v in names.items()}
+    weights = {layer: short.get(f"{init}{DQ_OUT_SUFFIX}", init) for layer, init in weights.items()}
     add_manifest(q, plain.spec.dumps())
     meta = {"activation_type": opts.activation_type, "weight_type": opts.weight_type,
             "reduce_range": opts.reduce_range, "names": names, "weights": weights}
@@ -351,6 +361,31 @@ def emit_int8(plain: PlainModel, qp: QuantParams, path: str | Path, batch: int =
     return {"format": "onnx-qdq", **meta, "batch": batch,
             "ops": sorted({n.op_type for n in q.graph.node}),
             "bytes": path.stat().st_size, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def shorten_names(model: onnx.ModelProto) -> dict[str, str]:
+    """Rename every interior value and initializer ``t<i>`` and every node ``n<i>``, in place
+    (ORT's QDQ names such as ``model.features.0.plain.weight_DequantizeLinear_Output`` are
+    about 4% of a ResNet18's INT8 file). Graph inputs and outputs, and the value ORT renames
+    a quantized output's producer to (``<output>_QuantizeLinear_Input``), keep their names.
+    Returns {old: new}."""
+    g = model.graph
+    keep = {v.name for v in [*g.input, *g.output]}
+    keep |= {f"{k}{Q_IN_SUFFIX}" for k in keep}
+    new: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return new.setdefault(name, f"t{len(new)}")
+
+    for init in g.initializer:
+        init.name = rename(init.name)
+    for i, node in enumerate(g.node):
+        node.name = f"n{i}"
+        node.input[:] = [rename(x) for x in node.input]
+        node.output[:] = [rename(x) for x in node.output]
+    return new
 
 
 # --- reading an artifact back -----------------------------------------------------------------
@@ -378,8 +413,7 @@ def read_qparams(path: str | Path) -> dict:
         elif n.op_type == "DequantizeLinear" and n.input[0] in arrays:
             zp = arrays[n.input[2]] if len(n.input) > 2 else np.zeros(1, np.int32)
             init = n.output[0]
-            init = init[:-len("_DequantizeLinear_Output")] if init.endswith(
-                "_DequantizeLinear_Output") else init
+            init = init[:-len(DQ_OUT_SUFFIX)] if init.endswith(DQ_OUT_SUFFIX) else init
             weights[init] = (np.atleast_1d(arrays[n.input[1]]).astype(np.float32),
                              np.atleast_1d(zp), zp.dtype.name)
     return {"activations": acts, "weights": weights}
@@ -433,10 +467,11 @@ def compare_qparams(path: str | Path, qp: QuantParams, spec=None) -> list[str]:
         node = producer.get(tensor + Q_IN_SUFFIX) or producer.get(tensor)
         src = node.input[0] if node is not None and node.input else None
         while src is not None and src not in acts and src in producer \
-                and producer[src].op_type == "DequantizeLinear":
-            src = producer[src].input[0]
-            src = src[:-len("_QuantizeLinear_Output")] if src.endswith(
-                "_QuantizeLinear_Output") else src
+                and producer[src].op_type == "DequantizeLinear":  # back to the Q's input
+            q = producer.get(producer[src].input[0])
+            src = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
+            if src is not None and src.endswith(Q_IN_SUFFIX):
+                src = src[:-len(Q_IN_SUFFIX)]
         if src not in acts or acts[src][:2] != (got_s, got_z):
             out.append(f"{tensor}: parameters {got_s!r}/{got_z} not from qp")
     w_found = found["weights"]

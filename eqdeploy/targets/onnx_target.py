@@ -25,10 +25,28 @@ def emit(plain: PlainModel, path: Path, batch: int = 1) -> dict:
                                     external_data=False, opset_version=OPSET,
                                     input_names=["input"], output_names=["output"])
     model = program.model_proto
+    strip_exporter_metadata(model)
     add_manifest(model, plain.spec.dumps())
     onnx.checker.check_model(model)
     onnx.save_model(model, str(path))
     return {"opset": OPSET, "ops": sorted({n.op_type for n in model.graph.node})}
+
+
+FX_NODE = "pkg.torch.onnx.fx_node"
+
+
+def strip_exporter_metadata(model: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node metadata (stack traces with local paths, module
+    hierarchies: 10-20 kB) but the FX node name, which maps ONNX values to graph nodes."""
+    import re
+
+    for node in model.graph.node:
+        fx = next((p.value for p in node.metadata_props if p.key == FX_NODE), None)
+        del node.metadata_props[:]
+        m = re.match(r"%(\w+)\s*:", fx or "")
+        if m:
+            entry = node.metadata_props.add()
+            entry.key, entry.value = FX_NODE, f"%{m.group(1)} :"
 
 
 def add_manifest(model: onnx.ModelProto, text: str) -> None:
@@ -46,7 +64,7 @@ def emit_int8(plain: PlainModel, qp, path: Path, batch: int = 1, fp32: Path | No
     ``fp32``: this model's FP32 ONNX if already written (saves an export). QDQ models take
     and return float32 (their first QuantizeLinear and last DequantizeLinear are the
     integer boundary), so ``float_io`` changes nothing here."""
-    from eqdeploy.targets.onnx_int8 import compare_qparams, float_compute_ops
+    from eqdeploy.targets.onnx_int8 import FLOAT_COMPUTE, compare_qparams, optimized_ops
     from eqdeploy.targets.onnx_int8 import emit_int8 as _emit_int8
 
     info = _emit_int8(plain, qp, path, batch=batch, fp32=fp32)
@@ -57,4 +75,5 @@ def emit_int8(plain: PlainModel, qp, path: Path, batch: int = 1, fp32: Path | No
     if mismatches:
         raise EqdeployError(f"the INT8 ONNX does not carry the parameter set ({mismatches[0]})",
                             "report this model to eqdeploy")
-    return {**info, "float_compute_ops": float_compute_ops(path)}
+    ran = optimized_ops(path)  # the graph ORT runs after its QDQ fusions
+    return {**info, "ort_ops": ran, "float_compute_ops": sorted(FLOAT_COMPUTE & set(ran))}
