@@ -200,10 +200,15 @@ def test_torchscript_input(tmp_path, plain_models):
     assert np.abs(_np(pm.module())(probes) - src).max() <= 1e-5 * np.abs(src).max()
     assert max(r["rel_err_max"] for r in equivariance_table(_np(pm.module()), pm.spec,
                                                             probes)) <= 1e-5
-    # the Conv3d stays 3D here (module rewrites need the nn.Module): its 5D tensors are
-    # discovered as regular fields over (channel, copy) and listed beside the spec
-    stacked = pm.info["discovery"]["stacked_layouts"]
-    assert any(run[0] == "regular" for lay in stacked.values() for run in lay["runs"])
+    # no modules to swap: the (1, k, k) Conv3d layers are rewritten in the graph, and the
+    # discovered conv outputs are regular fields, as from the module-level rewrite
+    assert not [n for n in pm.program.graph.nodes if n.op == "call_function"
+                and ("conv3d" in str(n.target) or "convolution" in str(n.target))]
+    convs = _convs(pm)
+    assert len(convs) == 3
+    for c in convs:
+        assert {pm.spec.representations[r].kind for _, r in pm.spec.tensors[c.name].fields} \
+            == {"regular"}
     assert pm.spec.output_is_invariant()
 
 
@@ -227,3 +232,21 @@ def test_pool3d_over_stacked_copies_becomes_an_exact_pool2d(pool):
     assert targets.index(torch.ops.aten.relu.default) < targets.index(
         torch.ops.aten.unflatten.int)
     assert torch.equal(gm(x), Net()(x))
+
+
+def test_functional_conv3d_over_stacked_copies_becomes_conv2d():
+    """``F.conv3d`` with a (1, k, k) kernel (no module to swap): the graph-level rewrite."""
+    from eqdeploy.adapters.rewrites import stacked_conv3d_to_conv2d
+
+    w, b = torch.randn(5, 3, 1, 3, 3), torch.randn(5)
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.conv3d(x, w, b, padding=(0, 1, 1))
+
+    x = torch.randn(2, 3, 4, 9, 9)
+    gm = torch.export.export(Net(), (x,)).module()
+    assert stacked_conv3d_to_conv2d(gm) == 1
+    targets = [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+    assert "aten.conv2d.default" in targets and not [t for t in targets if "conv3d" in t]
+    assert (gm(x) - Net()(x)).abs().max() <= 1e-5

@@ -1,8 +1,9 @@
-"""TorchScript input (issue 6): traced e2cnn models and GrouPy-style P4CNN convert with --group.
+"""TorchScript input (issue 6): traced e2cnn models and plain group convs convert with --group.
 
 Each model is traced, saved and converted once: FP32 for c8_residual and d4_cnn, INT8 (slow)
 for c4_cnn and the plain P4CNN, whose traced graphs read slice bounds from index buffers and
-build filter banks with shape arithmetic (what torch's TS2EPConverter cannot export).
+build filter banks with shape arithmetic (what torch's TS2EPConverter cannot export), and for
+the rot-stack classifier, whose Conv3d layers are rewritten in the graph.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from eqdeploy.spec import SymmetrySpec
 
 # name: (factory module, group, exact input size, precision of its one conversion)
 MODELS = {"c4_cnn": ("reference", "C4", 29, "int8"), "c8_residual": ("reference", "C8", 33, "fp32"),
-          "d4_cnn": ("reference", "D4", 29, "fp32"), "p4cnn": ("plain_groupconv", "C4", 29, "int8")}
+          "d4_cnn": ("reference", "D4", 29, "fp32"), "p4cnn": ("plain_groupconv", "C4", 29, "int8"),
+          "rotstack_c4": ("plain_groupconv", "C4", 28, "int8")}
 EXACT_ELEMENTS = {"C4": 3, "C8": 3, "D4": 7}  # non-identity elements checked bit for bit
 
 
@@ -55,8 +57,14 @@ def _convert(traced, tmp_path_factory, name):
 
     _, group, n, precision = MODELS[name]
     out = tmp_path_factory.mktemp(f"{name}_out")
+    calib = None
+    if name == "rotstack_c4":  # no BatchNorm: no data-free ranges, calibrate on noise
+        calib = out / "calib.npz"
+        np.savez(calib, calib=np.random.default_rng(7).standard_normal(
+            (32, 1, n, n)).astype(np.float32))
     opts = ConvertOptions(group=group, targets=["onnx", "tflite"], outdir=out,
-                          input_shape=(1, 1, n, n), probes=8, int8=precision == "int8")
+                          input_shape=(1, 1, n, n), probes=8, int8=precision == "int8",
+                          calibration=calib)
     return convert(traced[name][1], opts), out
 
 
@@ -111,6 +119,22 @@ def test_traced_int8_is_bit_exact(name, runtime, converted_int8):
     assert [r["changed"] for r in row["equivariance"]] == [0] * len(row["equivariance"])
     assert row["max_steps_vs_simulation"] <= 1.0 + 1e-3
     assert row["rel_err_vs_source"] <= 0.2  # INT8 vs FP32 source, noise probes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in MODELS if MODELS[n][3] == "int8"])
+def test_traced_int8_is_fully_integer(name, converted_int8):
+    """No module to swap in a TorchScript file: the rot-stack's (1, k, k) Conv3d layers are
+    rewritten in the graph, so both artifacts run in integers."""
+    from eqdeploy.targets.tflite_int8 import float_tensors
+
+    report, outdir = converted_int8[name]
+    assert float_tensors(outdir / f"{name}.tflite") == []
+    onnx_art = next(a for a in report["artifacts"] if a["file"] == f"{name}.onnx")
+    assert onnx_art["float_compute_ops"] == [] and "QLinearConv" in onnx_art["ort_ops"]
+    if name == "rotstack_c4":
+        kinds = {r["kind"] for r in report["model"]["rewrites"]}
+        assert {"conv3d(1,k,k)->conv2d", "pool3d(1,k,k)->pool2d"} <= kinds
 
 
 def _ops(gm) -> set[str]:

@@ -58,6 +58,7 @@ from eqdeploy.adapters.rewrites import (
     merge_field_batchnorm,
     pool3d_to_pool2d,
     rewrite_stacked_conv3d,
+    stacked_conv3d_to_conv2d,
 )
 from eqdeploy.adapters.torchscript import torchscript_to_module
 from eqdeploy.adapters.unfold import rewrite_windows
@@ -542,11 +543,12 @@ def export_plain(model: nn.Module | torch.jit.ScriptModule, example: torch.Tenso
     drop_guards(gm)
     folded = fold_constants(gm) if rewrite else []
     merged = merge_field_batchnorm(gm) if rewrite else []
+    stacked = stacked_conv3d_to_conv2d(gm) if rewrite else 0
     converted = convolution_to_conv2d(gm)
     converted += rewrite_windows(gm, info) if rewrite else 0
     pools = pool3d_to_pool2d(gm) if rewrite else 0
     moved = activations_before_reshapes(gm) if rewrite else 0
-    if folded or merged or converted or pools or moved:
+    if folded or merged or stacked or converted or pools or moved:
         program = _dynamic_export(gm, example)
         info.setdefault("rewrites", []).extend(
             {"node": nm, "kind": "constant-folded", "note": "input-independent op evaluated "
@@ -554,6 +556,10 @@ def export_plain(model: nn.Module | torch.jit.ScriptModule, example: torch.Tenso
         info["rewrites"].extend(
             {"node": nm, "kind": "field batch norm -> 4D batch norm", "note": "5D batch_norm "
              "between reshapes, statistics repeated over each field"} for nm in merged)
+        if stacked:
+            info["rewrites"].append({"kind": "conv3d(1,k,k)->conv2d", "count": stacked,
+                                     "note": "graph-level: (1, k, k) conv3d over stacked "
+                                     "copies -> block-diagonal conv2d"})
         if pools:
             info["rewrites"].append({"kind": "pool3d(1,k,k)->pool2d", "count": pools,
                                      "note": "5D pooling of each stacked copy -> 2D pooling "

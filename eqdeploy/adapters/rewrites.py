@@ -8,6 +8,8 @@
   the output is reshaped back to ``(N, O, G, H', W')``. Exact (the extra terms are zeros),
   at the price of G times the multiply-adds of the Conv3d (a grouped conv would keep the
   cost but interleave the orbits, which a contiguous-field layout cannot describe).
+- ``stacked_conv3d_to_conv2d``: the same at graph level, for models without modules to
+  swap (TorchScript) or calling ``F.conv3d``.
 - ``fold_constants`` (graph level, after export): every op that depends on parameters and
   constants only (a GrouPy filter bank built by ``rot90``/index gathers/``roll`` each
   forward, a repeated bias) is evaluated once and replaced by a constant parameter, so the
@@ -45,19 +47,27 @@ aten = torch.ops.aten
 _NONDETERMINISTIC = ("rand", "dropout", "bernoulli", "normal", "uniform", "empty", "multinomial")
 
 
+def block_diagonal(w: torch.Tensor, b: torch.Tensor | None, copies: int
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A ``(O, C, 1, k, k)`` Conv3d weight (and bias) as the Conv2d weight over
+    ``(N, C*copies, H, W)``: ``W2[o*G+g, c*G+g'] = W[o, c] delta(g, g')``."""
+    w = w[:, :, 0]
+    o, c, kh, kw = w.shape
+    eye = torch.eye(copies, dtype=w.dtype)
+    w2 = torch.einsum("ocij,gh->ogchij", w, eye).reshape(o * copies, c * copies, kh, kw)
+    b2 = None if b is None else b.detach().repeat_interleave(copies).contiguous()
+    return w2.contiguous(), b2
+
+
 class StackedConv2d(nn.Module):
     """A ``Conv3d`` with a ``(1, k, k)`` kernel over ``(N, C, G, H, W)`` as one ``Conv2d``."""
 
     def __init__(self, conv: nn.Conv3d, copies: int) -> None:
         super().__init__()
-        w = conv.weight.detach()[:, :, 0]  # (O, C, k, k)
-        o, c, kh, kw = w.shape
-        eye = torch.eye(copies, dtype=w.dtype)
-        w2 = torch.einsum("ocij,gh->ogchij", w, eye).reshape(o * copies, c * copies, kh, kw)
-        self.weight = nn.Parameter(w2.contiguous(), requires_grad=False)
-        self.bias = None if conv.bias is None else nn.Parameter(
-            conv.bias.detach().repeat_interleave(copies), requires_grad=False)
-        self.copies, self.out_fields = copies, o
+        w2, b2 = block_diagonal(conv.weight.detach(), conv.bias, copies)
+        self.weight = nn.Parameter(w2, requires_grad=False)
+        self.bias = None if b2 is None else nn.Parameter(b2, requires_grad=False)
+        self.copies, self.out_fields = copies, conv.out_channels
         self.stride, self.padding = conv.stride[1:], conv.padding[1:]
         self.dilation = conv.dilation[1:]
 
@@ -245,6 +255,73 @@ def merge_field_batchnorm(gm: fx.GraphModule) -> list[str]:
     return merged
 
 
+_CONV3D = (aten.conv3d.default, aten.convolution.default)
+
+
+def _triple(v, default) -> list[int]:
+    """A 3D op's int-or-list argument as 3 ints (``default`` when absent)."""
+    v = default if v is None or v == [] else v
+    v = [int(v)] if isinstance(v, int) else [int(a) for a in v]
+    return v * 3 if len(v) == 1 else v
+
+
+def _stacked_conv3d_node(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """A graph conv with a constant ``(O, C, 1, k, k)`` weight on ``(N, C, G, H, W)``."""
+    if node.op != "call_function" or node.target not in _CONV3D:
+        return False
+    args = list(node.args) + [None] * 9
+    w = args[1]
+    if not (isinstance(w, fx.Node) and w.op == "get_attr"):
+        return False
+    weight, shape = module_attr(gm, w.target), _shape(args[0])
+    if weight.dim() != 5 or weight.shape[2] != 1 or shape is None or len(shape) != 5:
+        return False
+    groups = args[8] if node.target == aten.convolution.default else args[6]
+    if (node.target == aten.convolution.default and args[6]) or isinstance(args[4], str):
+        return False  # transposed, or padding="same"/"valid"
+    return (_triple(args[3], 1)[0], _triple(args[4], 0)[0], _triple(args[5], 1)[0],
+            groups or 1) == (1, 0, 1, 1)
+
+
+def stacked_conv3d_to_conv2d(gm: fx.GraphModule) -> int:
+    """Graph-level twin of ``rewrite_stacked_conv3d`` (a TorchScript model has no modules
+    to swap): each (1, k, k) conv3d node over stacked copies -> reshape, block-diagonal
+    ``conv2d``, reshape back, in place. Returns the count replaced."""
+    count = 0
+    for node in list(gm.graph.nodes):
+        if not _stacked_conv3d_node(gm, node):
+            continue
+        args = list(node.args) + [None] * 9
+        copies = _shape(args[0])[2]
+        weight = module_attr(gm, args[1].target)
+        bias = module_attr(gm, args[2].target) if isinstance(args[2], fx.Node) else None
+        w2, b2 = block_diagonal(weight.detach(), bias, copies)
+        stride, padding, dilation = _triple(args[3], 1), _triple(args[4], 0), _triple(args[5], 1)
+        attrs = []
+        for suffix, value in (("weight", w2), ("bias", b2)):
+            if value is None:
+                attrs.append(None)
+                continue
+            attr = f"_stacked_{node.name}_{suffix}"
+            gm.register_parameter(attr, nn.Parameter(value, requires_grad=False))
+            attrs.append(attr)
+        with gm.graph.inserting_before(node):
+            flat = gm.graph.call_function(aten.flatten.using_ints, (args[0], 1, 2))
+            w_node = gm.graph.get_attr(attrs[0])
+            b_node = gm.graph.get_attr(attrs[1]) if attrs[1] else None
+            conv = gm.graph.call_function(aten.conv2d.default, (
+                flat, w_node, b_node, stride[1:], padding[1:], dilation[1:], 1))
+            back = gm.graph.call_function(aten.unflatten.int, (conv, 1, [weight.shape[0],
+                                                                         copies]))
+        _swap(gm, node, back)
+        count += 1
+    if count:
+        gm.graph.eliminate_dead_code()
+        _remove_unused_attrs(gm)
+        gm.recompile()
+    return count
+
+
 def _swap(gm: fx.GraphModule, old: fx.Node, new: fx.Node) -> None:
     """``new`` takes ``old``'s place (and metadata) in the graph."""
     new.meta = dict(old.meta)
@@ -254,15 +331,11 @@ def _swap(gm: fx.GraphModule, old: fx.Node, new: fx.Node) -> None:
 
 def _pool3d_args(node: fx.Node) -> tuple[list[int], ...] | None:
     """(kernel, stride, padding, dilation) of a pool3d node, each of 3 ints."""
-    def three(v, default):
-        v = default if v is None or v == [] else v
-        return [int(v)] * 3 if isinstance(v, int) else [int(a) for a in v]
-
     args = list(node.args) + [None] * 6
-    kernel = three(args[1], None)
-    stride = three(args[2], kernel)
-    padding = three(args[3], 0)
-    dilation = three(args[4], 1) if node.target == aten.max_pool3d.default else [1, 1, 1]
+    kernel = _triple(args[1], None)
+    stride = _triple(args[2], kernel)
+    padding = _triple(args[3], 0)
+    dilation = _triple(args[4], 1) if node.target == aten.max_pool3d.default else [1, 1, 1]
     return kernel, stride, padding, dilation
 
 
