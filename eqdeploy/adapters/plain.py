@@ -556,18 +556,14 @@ def export_plain(model: nn.Module | torch.jit.ScriptModule, example: torch.Tenso
         info["rewrites"].extend(
             {"node": nm, "kind": "field batch norm -> 4D batch norm", "note": "5D batch_norm "
              "between reshapes, statistics repeated over each field"} for nm in merged)
-        if stacked:
-            info["rewrites"].append({"kind": "conv3d(1,k,k)->conv2d", "count": stacked,
-                                     "note": "graph-level: (1, k, k) conv3d over stacked "
-                                     "copies -> block-diagonal conv2d"})
-        if pools:
-            info["rewrites"].append({"kind": "pool3d(1,k,k)->pool2d", "count": pools,
-                                     "note": "5D pooling of each stacked copy -> 2D pooling "
-                                     "of the (N, C*G, H, W) view"})
-        if moved:
-            info["rewrites"].append({"kind": "activation before reshape", "count": moved,
-                                     "note": "reshape -> relu became relu -> reshape, so "
-                                     "the activation fuses into the conv before it"})
+        info["rewrites"].extend(
+            {"kind": kind, "count": count, "note": note} for count, kind, note in [
+                (stacked, "conv3d(1,k,k)->conv2d", "graph-level: (1, k, k) conv3d over "
+                 "stacked copies -> block-diagonal conv2d"),
+                (pools, "pool3d(1,k,k)->pool2d", "5D pooling of each stacked copy -> 2D "
+                 "pooling of the (N, C*G, H, W) view"),
+                (moved, "activation before reshape", "reshape -> relu became relu -> "
+                 "reshape, so the activation fuses into the conv before it")] if count)
     info["export_seconds"] = round(time.perf_counter() - t0, 3)
     info["deployed_parameters"] = int(sum(p.numel() for p in program.state_dict.values()))
     info["input_shape"] = list(example.shape)

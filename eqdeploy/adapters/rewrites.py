@@ -306,14 +306,11 @@ def stacked_conv3d_to_conv2d(gm: fx.GraphModule) -> int:
             gm.register_parameter(attr, nn.Parameter(value, requires_grad=False))
             attrs.append(attr)
         with gm.graph.inserting_before(node):
-            flat = gm.graph.call_function(aten.flatten.using_ints, (args[0], 1, 2))
             w_node = gm.graph.get_attr(attrs[0])
             b_node = gm.graph.get_attr(attrs[1]) if attrs[1] else None
-            conv = gm.graph.call_function(aten.conv2d.default, (
-                flat, w_node, b_node, stride[1:], padding[1:], dilation[1:], 1))
-            back = gm.graph.call_function(aten.unflatten.int, (conv, 1, [weight.shape[0],
-                                                                         copies]))
-        _swap(gm, node, back)
+        _per_copy_2d(gm, node, aten.conv2d.default,
+                     (w_node, b_node, stride[1:], padding[1:], dilation[1:], 1),
+                     weight.shape[0])
         count += 1
     if count:
         gm.graph.eliminate_dead_code()
@@ -329,7 +326,20 @@ def _swap(gm: fx.GraphModule, old: fx.Node, new: fx.Node) -> None:
     gm.graph.erase_node(old)
 
 
-def _pool3d_args(node: fx.Node) -> tuple[list[int], ...] | None:
+def _per_copy_2d(gm: fx.GraphModule, node: fx.Node, op, op_args: tuple, out_channels: int
+                 ) -> None:
+    """Replace the 5D ``node`` (on ``(N, C, G, H, W)``, acting on each copy alone) by
+    ``flatten(1, 2) -> op(x, *op_args) -> unflatten(1, (out_channels, G))``."""
+    x = node.args[0]
+    with gm.graph.inserting_before(node):
+        flat = gm.graph.call_function(aten.flatten.using_ints, (x, 1, 2))
+        out = gm.graph.call_function(op, (flat, *op_args))
+        back = gm.graph.call_function(aten.unflatten.int, (out, 1, [out_channels,
+                                                                    _shape(x)[2]]))
+    _swap(gm, node, back)
+
+
+def _pool3d_args(node: fx.Node) -> tuple[list[int], ...]:
     """(kernel, stride, padding, dilation) of a pool3d node, each of 3 ints."""
     args = list(node.args) + [None] * 6
     kernel = _triple(args[1], None)
@@ -352,21 +362,12 @@ def pool3d_to_pool2d(gm: fx.GraphModule) -> int:
         if shape is None or len(shape) != 5 or kernel[0] != 1 or stride[0] != 1 \
                 or padding[0] != 0 or dilation[0] != 1:
             continue
-        n_c, n_g = shape[1], shape[2]
-        rest = list(node.args[5:]) if node.target == aten.max_pool3d.default else \
-            list(node.args[4:])
-        with gm.graph.inserting_before(node):
-            flat = gm.graph.call_function(aten.flatten.using_ints, (node.args[0], 1, 2))
-            if node.target == aten.max_pool3d.default:
-                pooled = gm.graph.call_function(
-                    aten.max_pool2d.default, (flat, kernel[1:], stride[1:], padding[1:],
-                                              dilation[1:], *rest[:1]))
-            else:
-                pooled = gm.graph.call_function(
-                    aten.avg_pool2d.default, (flat, kernel[1:], stride[1:], padding[1:],
-                                              *rest))
-            back = gm.graph.call_function(aten.unflatten.int, (pooled, 1, [n_c, n_g]))
-        _swap(gm, node, back)
+        window = (kernel[1:], stride[1:], padding[1:])
+        if node.target == aten.max_pool3d.default:  # ceil_mode follows the dilation
+            op, op_args = aten.max_pool2d.default, (*window, dilation[1:], *node.args[5:6])
+        else:  # ceil_mode, count_include_pad, divisor_override
+            op, op_args = aten.avg_pool2d.default, (*window, *node.args[4:])
+        _per_copy_2d(gm, node, op, op_args, shape[1])
         count += 1
     if count:
         gm.recompile()
@@ -394,9 +395,7 @@ def activations_before_reshapes(gm: fx.GraphModule) -> int:
             new_view = gm.graph.call_function(view.target, (new_act, *view.args[1:]),
                                               dict(view.kwargs))
         new_act.meta = dict(view.args[0].meta) if isinstance(view.args[0], fx.Node) else {}
-        new_view.meta = dict(act.meta)
-        act.replace_all_uses_with(new_view)
-        gm.graph.erase_node(act)
+        _swap(gm, act, new_view)
         gm.graph.erase_node(view)
         count += 1
     if count:

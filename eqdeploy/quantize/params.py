@@ -30,19 +30,15 @@ aten = torch.ops.aten
 
 ACTIVATIONS = {aten.relu.default, aten.relu_.default, aten.hardtanh.default,
                aten.hardtanh_.default, aten.relu6.default, aten.clamp.default}
-# ops whose output lies on its input's quantization grid
-SAME_GRID = {*ACTIVATIONS, aten.max_pool2d.default, aten.amax.default, aten.reshape.default,
-             aten.view.default, aten.flatten.using_ints, aten.unflatten.int, aten.squeeze.dims,
-             aten.squeeze.dim,
-             aten.unsqueeze.default, aten._unsafe_view.default, aten.clone.default,
-             aten.dropout.default, aten.contiguous.default, aten.alias.default,
-             aten.detach.default, aten.permute.default, aten.adaptive_max_pool2d.default,
-             aten.max.dim, aten.sym_size.int, aten.avg_pool2d.default,
-             aten.adaptive_avg_pool2d.default, aten.rot90.default, aten.flip.default}
 RESHAPES = {aten.reshape.default, aten.view.default, aten._unsafe_view.default,
             aten.flatten.using_ints, aten.unflatten.int, aten.squeeze.dims, aten.squeeze.dim,
             aten.unsqueeze.default, aten.clone.default, aten.contiguous.default,
             aten.alias.default, aten.detach.default}
+# ops whose output lies on its input's quantization grid
+SAME_GRID = {*ACTIVATIONS, *RESHAPES, aten.max_pool2d.default, aten.amax.default,
+             aten.dropout.default, aten.permute.default, aten.adaptive_max_pool2d.default,
+             aten.max.dim, aten.sym_size.int, aten.avg_pool2d.default,
+             aten.adaptive_avg_pool2d.default, aten.rot90.default, aten.flip.default}
 STACKS = {aten.stack.default, aten.cat.default}  # same grid when every input is on one grid
 CONV, LINEAR = aten.conv2d.default, aten.linear.default
 AVERAGING = {aten.mean.dim, aten.avg_pool2d.default, aten.adaptive_avg_pool2d.default}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,9 +28,8 @@ import onnx
 
 from eqdeploy.export import PlainModel
 from eqdeploy.quantize.params import QuantParams
-from eqdeploy.targets.onnx_target import FX_NODE
+from eqdeploy.targets.onnx_target import fx_node_name
 
-FX_META = FX_NODE  # the FX node an ONNX node was lowered from (kept by onnx_target.emit)
 ORIGINAL = "pkg.torch.onnx.original_node_name"
 META_KEY = "eqdeploy.onnx_int8"  # metadata_props: settings and plain-graph -> ONNX names
 INTEGER_CONV = {"QLinearConv", "ConvInteger"}
@@ -63,14 +61,6 @@ class OrtInt8Options:
 
 
 # --- names ------------------------------------------------------------------------------------
-def _fx_name(node: onnx.NodeProto) -> str | None:
-    for p in node.metadata_props:
-        if p.key == FX_META:
-            m = re.match(r"%(\w+)\s*:", p.value)
-            return m.group(1) if m else None
-    return None
-
-
 def onnx_value_names(model: onnx.ModelProto) -> dict[str, str]:
     """FX node name (of the exported static program) -> ONNX value holding its result."""
     names: dict[str, str] = {}
@@ -81,7 +71,7 @@ def onnx_value_names(model: onnx.ModelProto) -> dict[str, str]:
     values = {o for n in model.graph.node for o in n.output}
     last: dict[str, str] = {}
     for n in model.graph.node:  # the last ONNX node lowered from an FX node holds its value
-        fx = _fx_name(n)
+        fx = fx_node_name(n)
         if fx is not None and n.output:
             last[fx] = n.output[0]
     for fx, val in last.items():
@@ -528,7 +518,12 @@ def float_compute_ops(path: str | Path) -> list[str]:
     Seen: with ``activation_type="QInt8"`` ORT's s8->u8 QDQ conversion gives up on a tensor
     with two consumers (a residual fork), and the convs around it and the Add run in float.
     """
-    return sorted(FLOAT_COMPUTE & set(optimized_ops(path)))
+    return float_ops_of(optimized_ops(path))
+
+
+def float_ops_of(ops: list[str]) -> list[str]:
+    """The arithmetic ops among ``ops`` (an optimized graph's op types) that run in float."""
+    return sorted(FLOAT_COMPUTE & set(ops))
 
 
 def runner(path: str | Path, threads: int | None = 1, level: str = "ORT_ENABLE_ALL"):

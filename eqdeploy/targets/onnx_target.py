@@ -32,21 +32,29 @@ def emit(plain: PlainModel, path: Path, batch: int = 1) -> dict:
     return {"opset": OPSET, "ops": sorted({n.op_type for n in model.graph.node})}
 
 
-FX_NODE = "pkg.torch.onnx.fx_node"
+FX_NODE = "pkg.torch.onnx.fx_node"  # the FX node an ONNX node was lowered from
+
+
+def fx_node_name(node: onnx.NodeProto) -> str | None:
+    """The FX node ``node`` was lowered from (the exporter's ``%name : ...`` metadata)."""
+    import re
+
+    for p in node.metadata_props:
+        if p.key == FX_NODE:
+            m = re.match(r"%(\w+)\s*:", p.value)
+            return m.group(1) if m else None
+    return None
 
 
 def strip_exporter_metadata(model: onnx.ModelProto) -> None:
     """Drop the exporter's per-node metadata (stack traces with local paths, module
     hierarchies: 10-20 kB) but the FX node name, which maps ONNX values to graph nodes."""
-    import re
-
     for node in model.graph.node:
-        fx = next((p.value for p in node.metadata_props if p.key == FX_NODE), None)
+        fx = fx_node_name(node)
         del node.metadata_props[:]
-        m = re.match(r"%(\w+)\s*:", fx or "")
-        if m:
+        if fx is not None:
             entry = node.metadata_props.add()
-            entry.key, entry.value = FX_NODE, f"%{m.group(1)} :"
+            entry.key, entry.value = FX_NODE, f"%{fx} :"
 
 
 def add_manifest(model: onnx.ModelProto, text: str) -> None:
@@ -64,16 +72,13 @@ def emit_int8(plain: PlainModel, qp, path: Path, batch: int = 1, fp32: Path | No
     ``fp32``: this model's FP32 ONNX if already written (saves an export). QDQ models take
     and return float32 (their first QuantizeLinear and last DequantizeLinear are the
     integer boundary), so ``float_io`` changes nothing here."""
-    from eqdeploy.targets.onnx_int8 import FLOAT_COMPUTE, compare_qparams, optimized_ops
+    from eqdeploy.targets.onnx_int8 import compare_qparams, float_ops_of, optimized_ops
     from eqdeploy.targets.onnx_int8 import emit_int8 as _emit_int8
 
-    info = _emit_int8(plain, qp, path, batch=batch, fp32=fp32)
-    model = onnx.load(str(path))
-    add_manifest(model, plain.spec.dumps())
-    onnx.save_model(model, str(path))
+    info = _emit_int8(plain, qp, path, batch=batch, fp32=fp32)  # manifest included
     mismatches = compare_qparams(path, qp, plain.spec)
     if mismatches:
         raise EqdeployError(f"the INT8 ONNX does not carry the parameter set ({mismatches[0]})",
                             "report this model to eqdeploy")
     ran = optimized_ops(path)  # the graph ORT runs after its QDQ fusions
-    return {**info, "ort_ops": ran, "float_compute_ops": sorted(FLOAT_COMPUTE & set(ran))}
+    return {**info, "ort_ops": ran, "float_compute_ops": float_ops_of(ran)}
