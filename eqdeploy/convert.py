@@ -33,9 +33,10 @@ from eqdeploy.harness.sysinfo import system_info
 from eqdeploy.input_norm import read_input_norm
 from eqdeploy.lint import lint_input_size, lint_message
 from eqdeploy.load import load_model
+from eqdeploy.normalize import normalize
+from eqdeploy.normalize.support import check_support
 from eqdeploy.quantize.calibrate import load_calibration
 from eqdeploy.quantize.distill import distill_inputs, has_batchnorm
-from eqdeploy.quantize.normalize import global_pools_to_mean
 from eqdeploy.quantize.params import QuantParams, compute_qparams
 from eqdeploy.quantize.simulate import simulate_with
 from eqdeploy.report.convert_markdown import convert_markdown
@@ -126,7 +127,6 @@ def _quantize(plain: PlainModel, options: ConvertOptions, shape, probes, source_
               timings) -> dict:
     """DFQ, then the one parameter set for every target, then its torch simulation."""
     t = stage("DFQ: fold BN, equalize per field, absorb high biases, correct bias")
-    plain, _ = global_pools_to_mean(plain)
     if options.dfq.enabled:
         folded, dfq_report = run_dfq(plain, options.dfq)
     else:  # integer kernels have no BN: fold it even without DFQ
@@ -327,6 +327,10 @@ def convert(model_path: str | Path, options: ConvertOptions,
         source_fn = _torch_fn(source)
         source_name = f"source ({plain.info['framework']})"
     timings["export"] = time.perf_counter() - t
+    t = stage("normalize the graph (functional ops, no tuples, canonical shapes)")
+    plain = normalize(plain)
+    plain.info["lowering_check"] = check_support(plain.program, options.targets)
+    timings["normalize"] = time.perf_counter() - t
     spec = plain.spec
 
     gm = plain.program.graph_module
@@ -409,10 +413,11 @@ def convert(model_path: str | Path, options: ConvertOptions,
             "schema": REPORT_SCHEMA, "version": REPORT_VERSION, "eqdeploy": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "model": {"file": str(model_path), "format": loaded.format,
-                      "group": spec.group.name, "input_shape": list(shape),
+                      "group": spec.group.name,
                       "input_norm": None if norm_from is None else {
                           "mean": options.input_norm[0], "std": options.input_norm[1],
-                          "from": norm_from}, **plain.info},
+                          "from": norm_from}, **plain.info,
+                      "input_shape": list(shape)},  # the artifact's (the trace's is 1,...)
             "lint": lint,
             "probes": probe_info,
             "verification": verification,

@@ -7,6 +7,10 @@ std over the training data are ``beta`` and ``|gamma|``: kept in
 ``info["bn_stats"][conv]`` for absorption, bias correction and data-free activation ranges.
 Every conv/linear gets a bias (zero if it had none) so later passes only edit values.
 InnerBatchNorm statistics are per field, so the folded scales are shared by each field.
+A BN with no conv/linear of its own before it (pre-activation ResNets: BN after a residual
+sum) becomes the per-channel affine map it is, a depthwise 1x1 conv (``W = a``,
+``b = beta - mu a``; a diagonal linear on 2-D tensors), which integer runtimes run as
+DEPTHWISE_CONV_2D / QLinearConv like any other conv.
 """
 
 from __future__ import annotations
@@ -66,6 +70,35 @@ def _drop_unused_attrs(gm: fx.GraphModule) -> None:
             mod._buffers.pop(leaf, None)
 
 
+def _affine_layer(gm: fx.GraphModule, bn: fx.Node, gamma, beta, mu, var, eps: float
+                  ) -> fx.Node | None:
+    """Replace an eval BN by the depthwise 1x1 conv (4-D) or diagonal linear (2-D) computing
+    the same per-channel affine map; returns the new node, or None for other ranks."""
+    val = bn.meta.get("val")
+    rank = val.dim() if isinstance(val, torch.Tensor) else 0
+    if rank not in (2, 4):
+        return None
+    with torch.no_grad():
+        g = torch.ones_like(mu) if gamma is None else gamma.detach()
+        b = torch.zeros_like(mu) if beta is None else beta.detach()
+        a = g.double() / torch.sqrt(var.double() + eps)
+        bias = (b.double() - mu.double() * a).to(mu.dtype)
+        weight = (a.reshape(-1, 1, 1, 1) if rank == 4 else torch.diag(a)).to(mu.dtype)
+    name = bn.name.replace(".", "_")
+    gm.register_parameter(f"{name}_affine_weight", nn.Parameter(weight, requires_grad=False))
+    gm.register_parameter(f"{name}_affine_bias", nn.Parameter(bias, requires_grad=False))
+    with gm.graph.inserting_before(bn):
+        w = gm.graph.get_attr(f"{name}_affine_weight")
+        b_node = gm.graph.get_attr(f"{name}_affine_bias")
+        args = (bn.args[0], w, b_node, [1, 1], [0, 0], [1, 1], len(a)) if rank == 4 \
+            else (bn.args[0], w, b_node)
+        conv = gm.graph.call_function(CONV if rank == 4 else LINEAR, args)
+    conv.meta = dict(bn.meta)
+    bn.replace_all_uses_with(conv)
+    gm.graph.erase_node(bn)
+    return conv
+
+
 def fold_batchnorm(pm: PlainModel) -> tuple[PlainModel, dict]:
     """Fold every eval-mode BN into the conv/linear before it; give every layer a bias."""
     work = clone(pm)
@@ -79,13 +112,23 @@ def fold_batchnorm(pm: PlainModel) -> tuple[PlainModel, dict]:
         if training:
             kept.append({"node": bn.name, "reason": "training-mode batch norm"})
             continue
+        gamma, beta, mu, var = (_attr(gm, a) for a in bn.args[1:5])
+        eps = float(bn.args[7]) if len(bn.args) > 7 else 1e-5
         if not (isinstance(prod, fx.Node) and prod.op == "call_function"
                 and prod.target in (CONV, LINEAR) and len(prod.users) == 1
                 and prod.args[1].op == "get_attr"):
-            kept.append({"node": bn.name, "reason": "not preceded by a single-use conv/linear"})
+            conv = _affine_layer(gm, bn, gamma, beta, mu, var, eps)
+            if conv is None:
+                kept.append({"node": bn.name, "reason": "not preceded by a single-use "
+                             "conv/linear, and not a 2-D or 4-D tensor"})
+                continue
+            stats[conv.name] = (beta.detach().double() if beta is not None
+                                else torch.zeros_like(mu.double()),
+                                gamma.detach().double().abs() if gamma is not None
+                                else torch.ones_like(mu.double()))
+            renamed[bn.name] = conv.name
+            folded.append({"batch_norm": bn.name, "into": conv.name, "as": "affine"})
             continue
-        gamma, beta, mu, var = (_attr(gm, a) for a in bn.args[1:5])
-        eps = float(bn.args[7]) if len(bn.args) > 7 else 1e-5
         weight = _attr(gm, prod.args[1])
         bias = _ensure_bias(gm, prod)
         with torch.no_grad():
@@ -113,8 +156,7 @@ def fold_batchnorm(pm: PlainModel) -> tuple[PlainModel, dict]:
     for node, (mean, std) in stats.items():
         new.info.setdefault(STATS_KEY, {})[names[node]] = {
             "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
-    report = {"folded": [{"batch_norm": f["batch_norm"], "into": names[f["into"]]}
-                         for f in folded],
+    report = {"folded": [{**f, "into": names[f["into"]]} for f in folded],
               "kept": kept, "biases_added": added}
     return new, report
 

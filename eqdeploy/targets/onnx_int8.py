@@ -27,8 +27,10 @@ import numpy as np
 import onnx
 
 from eqdeploy.export import PlainModel
+from eqdeploy.normalize.source import unmapped
 from eqdeploy.quantize.params import QuantParams
 from eqdeploy.targets.onnx_target import fx_node_name
+from eqdeploy.targets.static import static_names
 
 ORIGINAL = "pkg.torch.onnx.original_node_name"
 META_KEY = "eqdeploy.onnx_int8"  # metadata_props: settings and plain-graph -> ONNX names
@@ -77,39 +79,6 @@ def onnx_value_names(model: onnx.ModelProto) -> dict[str, str]:
     for fx, val in last.items():
         names.setdefault(fx, fx if fx in values else val)
     return names
-
-
-_RESHAPES = {"aten.view.default", "aten.reshape.default", "aten._unsafe_view.default"}
-
-
-def _float_nodes(graph) -> list:
-    import torch
-
-    out = []
-    for n in graph.nodes:
-        val = n.meta.get("val")
-        if not (isinstance(val, torch.Tensor) and val.is_floating_point()):
-            continue
-        if n.op == "call_function" or (n.op == "placeholder" and n.users
-                                       and not n.name.startswith(("p_", "b_", "c_"))):
-            out.append(n)
-    return out
-
-
-def static_names(plain: PlainModel, static) -> dict[str, str]:
-    """Node of ``plain.program`` -> node of its fixed-batch re-export (aligned in order;
-    most names are equal, but e.g. a ``reshape`` may come back as ``view``)."""
-    a, b = _float_nodes(plain.program.graph), _float_nodes(static.graph)
-    if len(a) != len(b):
-        raise ValueError(f"the static re-export has {len(b)} float nodes, the plain graph "
-                         f"{len(a)}")
-    out = {}
-    for x, y in zip(a, b, strict=True):
-        tx, ty = str(x.target), str(y.target)
-        if tx != ty and not (tx in _RESHAPES and ty in _RESHAPES):
-            raise ValueError(f"cannot align {x.name} ({tx}) with {y.name} ({ty})")
-        out[x.name] = y.name
-    return out
 
 
 def weight_initializers(model: onnx.ModelProto, names: dict[str, str],
@@ -303,10 +272,10 @@ def emit_int8(plain: PlainModel, qp: QuantParams, path: str | Path, batch: int =
     if opts.global_average_pool:
         moved = _replace_spatial_mean(model)
         names = {k: moved.get(v, v) for k, v in names.items()}
-    weights = weight_initializers(model, names, layers)
     missing = sorted(set(qp.activations) - set(names))
     if missing:
-        raise ValueError(f"quant points without an ONNX tensor: {missing}")
+        raise unmapped("onnx", plain.program.graph, missing, "tensor")
+    weights = weight_initializers(model, names, layers)
     overrides = build_overrides(qp, names, weights, opts)
     op_types = sorted({n.op_type for n in model.graph.node} - {"Constant", "Shape", "Cast"})
     inp = model.graph.input[0]

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import fx
 
-from eqdeploy.errors import EqdeployError
 from eqdeploy.export import PlainModel
+from eqdeploy.normalize.source import unmapped
 from eqdeploy.quantize.params import QuantParams
 
 
@@ -46,20 +46,30 @@ def _fixed_observer_cls():
     return FixedQParamsObserver
 
 
-def _observed_point(node: fx.Node, qp: QuantParams) -> str:
-    """The quant point whose parameters the tensor at ``node`` carries."""
+def _observed_point(node: fx.Node, qp: QuantParams, names: dict[str, str],
+                    graph: fx.Graph) -> str:
+    """The quant point whose parameters the tensor at ``node`` carries (``names``: static
+    node -> plain node)."""
     seen = node
-    while seen.name not in qp.grid:
+    while names.get(seen.name, seen.name) not in qp.grid:
         if not seen.args or not isinstance(seen.args[0], fx.Node):
-            raise EqdeployError(f"no quantization parameters for tensor {node.name}",
-                                "report this model to eqdeploy")
+            raise unmapped("tflite", graph, [names.get(node.name, node.name)],
+                           "quantization parameters")
         seen = seen.args[0]
-    return qp.grid[seen.name]
+    return qp.grid[names.get(seen.name, seen.name)]
 
 
-def force_parameters(prepared: fx.GraphModule, qp: QuantParams) -> int:
-    """Replace every observer of a prepared PT2E graph; returns how many were replaced."""
+def force_parameters(prepared: fx.GraphModule, qp: QuantParams,
+                     names: dict[str, str] | None = None, graph: fx.Graph | None = None
+                     ) -> int:
+    """Replace every observer of a prepared PT2E graph; returns how many were replaced.
+
+    ``names`` maps the prepared (static) graph's nodes to the plain graph's, where ``qp``
+    lives (identity when omitted); ``graph`` (the plain graph) names source lines in errors.
+    """
     fixed = _fixed_observer_cls()
+    names = names or {}
+    graph = graph if graph is not None else prepared.graph
     count = 0
     for node in list(prepared.graph.nodes):
         if node.op != "call_module" or not node.target.startswith("activation_post_process"):
@@ -67,14 +77,15 @@ def force_parameters(prepared: fx.GraphModule, qp: QuantParams) -> int:
         src = node.args[0]
         if src.op == "get_attr":  # a weight: its consumer is the conv/linear
             layer = next(u for u in node.users if u.op == "call_function")
-            if layer.name not in qp.weights:
-                raise EqdeployError(f"no weight scales for layer {layer.name}",
-                                    "report this model to eqdeploy")
-            s = torch.as_tensor(qp.weights[layer.name], dtype=torch.float32)
+            name = names.get(layer.name, layer.name)
+            if name not in qp.weights:
+                raise unmapped("tflite", graph, [name], "weight scales (a constant operand "
+                               "that is not a conv/linear weight)")
+            s = torch.as_tensor(qp.weights[name], dtype=torch.float32)
             obs = fixed(s, torch.zeros(len(s), dtype=torch.int32),
                         torch.per_channel_symmetric, -127, 127)
         else:
-            scale, zp = qp.activations[_observed_point(src, qp)]
+            scale, zp = qp.activations[_observed_point(src, qp, names, graph)]
             obs = fixed(scale, zp, torch.per_tensor_affine, -128, 127)
         setattr(prepared, node.target, obs)
         count += 1
@@ -119,6 +130,7 @@ def emit_int8(plain: PlainModel, qp: QuantParams, path: Path, batch: int = 1,
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     from eqdeploy.spec import SCHEMA
+    from eqdeploy.targets.static import static_names
     from eqdeploy.targets.tflite_io import with_float_io
     from eqdeploy.targets.tflite_target import tflite_ops, with_metadata
 
@@ -126,10 +138,12 @@ def emit_int8(plain: PlainModel, qp: QuantParams, path: Path, batch: int = 1,
     quantizer = PT2EQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True))
     with contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory() as tmp:
-        static = plain.static_program(batch).module()
+        program = plain.static_program(batch)
+        names = {s: p for p, s in static_names(plain, program).items()}
+        static = program.module()
         tag_sources(static)
         prepared = prepare_pt2e(static, quantizer)
-        replaced = force_parameters(prepared, qp)
+        replaced = force_parameters(prepared, qp, names, plain.program.graph)
         prepared(example)
         converted = convert_pt2e(prepared, fold_quantize=False)
         edge = litert_torch.convert(converted, (example,),
