@@ -360,6 +360,25 @@ def fold_constant_bias(gm: fx.GraphModule) -> int:
     return changed
 
 
+# --- activations the integer runtimes build from kernels they have ----------------------
+def decompose_activations(gm: fx.GraphModule) -> int:
+    """``silu(x)`` -> ``x * sigmoid(x)``: integer runtimes have a LOGISTIC / QLinearSigmoid
+    kernel (fixed output grid 1/256) and an integer MUL, but no integer SiLU; as one op the
+    ONNX exporter splits it anyway, leaving its sigmoid without a parameter of the set."""
+    changed = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not aten.silu.default:
+            continue
+        x = node.args[0]
+        with gm.graph.inserting_before(node):
+            sig = gm.graph.call_function(aten.sigmoid.default, (x,))
+        sig.meta = dict(node.meta)
+        _replace(gm, node, aten.mul.Tensor, (x, sig))
+        gm.graph.erase_node(node)
+        changed += 1
+    return changed
+
+
 # the order normalize applies them in (after functionalization and constant folding)
 REWRITES: list[tuple[str, Callable[[fx.GraphModule], int], str]] = [
     ("tuple ops", reduce_tuple_ops, "max/min(dim) -> amax/amin, split/chunk/unbind -> slice, "
@@ -369,6 +388,7 @@ REWRITES: list[tuple[str, Callable[[fx.GraphModule], int], str]] = [
      "identity permute/slice, x*1, x+0, one-input cat, same-dtype cast: removed"),
     ("shape chains", canonical_shapes, "view/reshape/flatten/unflatten/squeeze/unsqueeze "
      "chains -> one reshape; transpose -> permute; permute chains composed"),
+    ("activations", decompose_activations, "silu(x) -> x * sigmoid(x) (integer kernels)"),
     ("constant biases", fold_constant_bias, "conv/linear (+ reshapes) + per-channel constant "
      "-> the layer's bias"),
 ]

@@ -44,6 +44,10 @@ CONV, LINEAR = aten.conv2d.default, aten.linear.default
 AVERAGING = {aten.mean.dim, aten.avg_pool2d.default, aten.adaptive_avg_pool2d.default}
 SUMS = {aten.sum.dim_IntList}
 QMIN, QMAX = -128, 127
+# ops whose int8 kernels require one output grid (TFLite LOGISTIC/SOFTMAX: 1/256, -128;
+# TANH: 1/128, 0; ORT's QLinearSigmoid accepts the same): the set uses it, not a range
+FIXED_OUTPUT = {aten.sigmoid.default: (1 / 256, -128), aten._softmax.default: (1 / 256, -128),
+                aten.tanh.default: (1 / 128, 0)}
 
 
 def weight_scales(w: torch.Tensor, per_channel: bool,
@@ -395,4 +399,13 @@ def compute_qparams(pm, per_channel: bool = True, calibration: np.ndarray | None
         sl = weight_slices(pm, name, layer.out_channels, orbit_shared)
         weights[name] = weight_scales(layer.weight, per_channel, sl).numpy()
     acts = {q: activation_qparams(*ranges[q]) for q in points}
+    for q, node in points.items():  # integer kernels with a fixed output grid
+        if node.target in FIXED_OUTPUT:
+            acts[q] = FIXED_OUTPUT[node.target]
+            ranges[q] = fixed_range(*acts[q])
     return QuantParams(per_channel, source, acts, ranges, grid, weights, notes)
+
+
+def fixed_range(scale: float, zp: int) -> tuple[float, float]:
+    """The real interval an int8 grid (scale, zero point) covers."""
+    return (QMIN - zp) * scale, (QMAX - zp) * scale
