@@ -25,7 +25,8 @@ def _integer(a: dict) -> str:
         return "yes (no float32 tensor)"
     if len(floats) <= len(float_io):
         return "yes (float32 only at the I/O, --float-io)"
-    return f"no: {len(floats)} float32 tensors"
+    ops = a.get("float_ops")
+    return f"no: {len(floats)} float32 tensors" + (f" (float {', '.join(ops)})" if ops else "")
 
 
 def _steps(v) -> str:

@@ -155,7 +155,7 @@ def emit_int8(plain: PlainModel, qp: QuantParams, path: Path, batch: int = 1,
         content = with_float_io(content)
     path.write_bytes(with_metadata(content, SCHEMA, plain.spec.dumps().encode()))
     return {"ops": tflite_ops(path), "forced_observers": replaced, "io": io_types(path),
-            "float_tensors": float_tensors(path)}
+            "float_tensors": float_tensors(path), "float_ops": float_ops(path)}
 
 
 def io_types(path: Path) -> dict[str, list[str]]:
@@ -178,6 +178,27 @@ def float_tensors(path: Path) -> list[str]:
     graph = model.Subgraphs(0)
     return [graph.Tensors(i).Name().decode() for i in range(graph.TensorsLength())
             if graph.Tensors(i).Type() == schema.TensorType.FLOAT32]
+
+
+def float_ops(path: Path) -> list[str]:
+    """Operators that compute in float32 (a float32 output), QUANTIZE/DEQUANTIZE excepted:
+    what stays float in an INT8 model and why the report says it is not fully integer."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from eqdeploy.targets.tflite_target import schema_op_name
+
+    model = schema.Model.GetRootAs(path.read_bytes(), 0)
+    graph = model.Subgraphs(0)
+    out = set()
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        name = schema_op_name(model.OperatorCodes(op.OpcodeIndex()))
+        if name in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        if any(graph.Tensors(op.Outputs(k)).Type() == schema.TensorType.FLOAT32
+               for k in range(op.OutputsLength()) if op.Outputs(k) >= 0):
+            out.add(name)
+    return sorted(out)
 
 
 def tflite_parameters(path: Path) -> dict:
