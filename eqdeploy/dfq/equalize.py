@@ -103,7 +103,8 @@ def _items(pm: PlainModel, found_links: list[Link], orbit_agnostic: bool):
             continue
         mid = lk.consumer
         nxt = slices.get(mid.node)
-        if nxt is not None and mid.node not in used and same_units(nxt[1], sl) and _unit_aligned(mid, sl):
+        if nxt is not None and mid.node not in used and same_units(nxt[1], sl) \
+                and _unit_aligned(mid, sl):
             items.append(("triplet", lk, nxt[0], sl))
             used.update({name, mid.node})
         else:
