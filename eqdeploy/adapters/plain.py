@@ -70,6 +70,8 @@ from eqdeploy.adapters.rewrites import (
     activations_before_reshapes,
     convolution_to_conv2d,
     drop_guards,
+    explicit_squeezes,
+    fold_bias_adds,
     fold_constants,
     merge_field_batchnorm,
 )
@@ -84,6 +86,7 @@ from eqdeploy.adapters.torchscript import torchscript_to_module
 from eqdeploy.adapters.unfold import rewrite_windows
 from eqdeploy.errors import EqdeployError
 from eqdeploy.export import PlainModel
+from eqdeploy.graph_cost import multiply_adds
 from eqdeploy.groups import Element, Group, apply_pixel_action
 from eqdeploy.spec import Layout, Representation, SymmetrySpec, trivial_layout
 
@@ -524,6 +527,7 @@ def export_plain(model: nn.Module | torch.jit.ScriptModule, example: torch.Tenso
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EqdeployError(f"torch.export failed on the model's forward ({first[:200]})",
                             "keep forward free of data-dependent Python control flow") from e
+    info["source_multiply_adds"] = multiply_adds(program.graph)
     gm = program.module()
     drop_guards(gm)
     notes: list[dict] = []
@@ -539,6 +543,9 @@ def export_plain(model: nn.Module | torch.jit.ScriptModule, example: torch.Tenso
                    "on one input (rotated kernels) stacked on a group axis -> one conv2d with "
                    "the weights concatenated")]
         notes += stacked_conv3d_to_grouped(gm)
+        counts.append((fold_bias_adds(gm), "bias add folded into conv", "a constant added "
+                       "after reshapes of a conv output (y + bias.view(1, C, 1, 1, 1)) -> "
+                       "the conv's bias"))
     converted = convolution_to_conv2d(gm)
     converted += rewrite_windows(gm, info) if rewrite else 0
     if rewrite:
@@ -548,7 +555,9 @@ def export_plain(model: nn.Module | torch.jit.ScriptModule, example: torch.Tenso
             (activations_before_reshapes(gm), "activation before reshape", "reshape -> relu "
              "became relu -> reshape, so the activation fuses into the conv before it"),
             (cancel_round_trips(gm), "layout round trips cancelled", "inverse permute/"
-             "reshape pairs between per-copy layers removed (g-major order kept)")]
+             "reshape pairs between per-copy layers removed (g-major order kept)"),
+            (explicit_squeezes(gm), "squeeze() -> squeeze(dims)", "the size-1 axes at "
+             "export: a deployed batch of 1 keeps its batch axis")]
         notes += [{"kind": kind, "count": count, "note": note}
                   for count, kind, note in counts if count]
     if notes or converted:
@@ -556,6 +565,7 @@ def export_plain(model: nn.Module | torch.jit.ScriptModule, example: torch.Tenso
     info["rewrites"] = info.get("rewrites", []) + notes
     info["export_seconds"] = round(time.perf_counter() - t0, 3)
     info["deployed_parameters"] = int(sum(p.numel() for p in program.state_dict.values()))
+    info["deployed_multiply_adds"] = multiply_adds(program.graph)
     info["input_shape"] = list(example.shape)
     return program, info
 

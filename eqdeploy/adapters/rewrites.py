@@ -17,6 +17,11 @@ rewrites (Conv3d / pool3d over stacked copies, stacked rotated-kernel convs) are
   rewrite's output viewed as 5D) becomes ``conv -> relu -> unflatten/permute``, so
   quantizers fuse the activation into the conv (litert's PT2E quantizer otherwise leaves
   the relu and everything after it in float). Exact: the activation acts per element.
+- ``fold_bias_adds``: a constant added to a conv output seen through reshapes/permutes
+  (``y.view(N, C, G, H, W) + bias.view(1, C, 1, 1, 1)``) that is constant over H, W
+  becomes part of the conv's bias (quantizers have no weight layer for such an add).
+- ``explicit_squeezes``: ``squeeze()`` -> ``squeeze(dims)`` of the size-1 non-batch axes,
+  so a deployed batch of 1 keeps its batch axis.
 - ``convolution_to_conv2d``: ``aten.convolution`` (TorchScript conversions produce it) ->
   ``aten.conv2d`` when it is a plain 2D, non-transposed convolution.
 """
@@ -191,6 +196,108 @@ def activations_before_reshapes(gm: fx.GraphModule) -> int:
         swap_node(gm, act, new_view)
         gm.graph.erase_node(view)
         todo.append(new_act)
+        count += 1
+    if count:
+        gm.recompile()
+    return count
+
+
+def _view_chain(node) -> tuple[fx.Node, list[fx.Node]] | None:
+    """(conv2d, the reshapes/permutes from ``node`` back to it) when ``node`` is a conv2d
+    output seen through views, every node on the way used once; None otherwise."""
+    chain = []
+    while isinstance(node, fx.Node) and node.op == "call_function" and len(node.users) == 1:
+        if node.target == aten.conv2d.default:
+            return node, chain
+        if node.target not in _VIEWS:
+            return None
+        chain.append(node)
+        node = node.args[0]
+    return None
+
+
+def _on_conv_output(c: torch.Tensor, out: fx.Node, chain: list[fx.Node]) -> torch.Tensor | None:
+    """A constant broadcast onto ``chain[0]`` (a view of ``out``, a conv's output), carried
+    back through the views to the conv's ``(O,)`` channels; None if it varies over H, W."""
+    shape = shape_of(chain[0]) if chain else shape_of(out)
+    if shape is None or any(not isinstance(d, int) for d in shape[1:]):
+        return None
+    try:
+        full = torch.broadcast_to(c.detach(), (1, *shape[1:]))
+    except RuntimeError:
+        return None
+    for view in chain:
+        src = shape_of(view.args[0])
+        if view.target == aten.permute.default:
+            perm = [int(p) % len(src) for p in view.args[1]]
+            full = full.permute(sorted(range(len(perm)), key=perm.__getitem__))
+        else:
+            full = full.reshape(1, *src[1:])
+    if full.dim() != 4 or not bool((full == full[:, :, :1, :1]).all()):
+        return None
+    return full[0, :, 0, 0]
+
+
+def fold_bias_adds(gm: fx.GraphModule) -> int:
+    """``conv -> reshapes/permutes -> + bias`` (a bias added after a 5D view,
+    ``y + bias.view(1, C, 1, 1, 1)``) -> the bias folded into the conv, in place. Returns
+    the count folded."""
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in (aten.add.Tensor,
+                                                            aten.sub.Tensor):
+            continue
+        if len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
+            continue
+        a, c = node.args
+        if node.target == aten.add.Tensor and isinstance(a, fx.Node) and a.op == "get_attr":
+            a, c = c, a
+        if not (isinstance(c, fx.Node) and c.op == "get_attr"):
+            continue
+        found = _view_chain(a)
+        const = module_attr(gm, c.target)
+        if found is None or not isinstance(const, torch.Tensor):
+            continue
+        conv, chain = found
+        per_channel = _on_conv_output(const, conv, chain)
+        if per_channel is None:
+            continue
+        sign = 1.0 if node.target == aten.add.Tensor else -1.0
+        args = list(conv.args) + [None] * max(0, 3 - len(conv.args))
+        old = module_attr(gm, args[2].target).detach() if isinstance(args[2], fx.Node) \
+            else torch.zeros_like(per_channel)
+        attr = f"_bias_{conv.name}"
+        gm.register_parameter(attr, nn.Parameter((old + sign * per_channel).contiguous(),
+                                                 requires_grad=False))
+        with gm.graph.inserting_before(conv):
+            args[2] = gm.graph.get_attr(attr)
+        conv.args = tuple(args)
+        node.replace_all_uses_with(a)
+        gm.graph.erase_node(node)
+        count += 1
+    if count:
+        gm.graph.eliminate_dead_code()
+        remove_unused_attrs(gm)
+        gm.recompile()
+    return count
+
+
+def explicit_squeezes(gm: fx.GraphModule) -> int:
+    """``squeeze()`` without dims -> ``squeeze(dims)`` of the non-batch axes of size 1 at
+    export, in place: a model traced with a dynamic batch must not drop its batch axis
+    when deployed with batch 1 (``x.squeeze()`` on ``(1, C, 1, 1, G)`` gives ``(C, G)``).
+    Returns the count replaced."""
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target != aten.squeeze.default:
+            continue
+        shape = shape_of(node.args[0])
+        if shape is None:
+            continue
+        dims = [i for i, d in enumerate(shape) if i > 0 and isinstance(d, int) and d == 1]
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_function(aten.squeeze.dims, (node.args[0], dims))
+        swap_node(gm, node, new)
         count += 1
     if count:
         gm.recompile()
