@@ -128,15 +128,17 @@ def test_kernel_rotating_cnn_discovered_without_allow_broken(bias, kernel_rot):
                   and v["shape"][-1] == ORDER]
         assert five_d and all(v["spatial_axes"] == [2, 3] and v["channel_axes"] == [1, 4]
                               and v["spatial_action"] for v in five_d)
-    # the merged rotated-kernel convs: one tensor, regular fields strided over k*O + o
-    convs = [n for n in pm.program.graph.nodes if n.op == "call_function"
-             and n.target == torch.ops.aten.conv2d.default]
+    # the merged rotated-kernel convs: one tensor, regular fields strided over k*O + o (the
+    # variant's conv3, written c*4 + k, reordered g-major for the grouped Conv3d after it)
+    nodes = [n for n in pm.program.graph.nodes if n.op == "call_function"]
+    convs = [n for n in nodes if n.target == torch.ops.aten.conv2d.default]
     assert len(convs) == 4
     for c in convs:
         lay = pm.spec.tensors[c.name]
         kinds = {pm.spec.representations[r].kind for _, r in lay.fields}
-        assert kinds == {"regular"}, c.name
-        assert lay.strided != (bias and c is convs[2]), c.name  # the variant's conv3 is c*4+k
+        assert kinds == {"regular"} and lay.strided, c.name
+    between = nodes[nodes.index(convs[2]) + 1:nodes.index(convs[3])]
+    assert [str(n.target) for n in between] == ["aten.relu.default"]  # no transpose left
     assert pm.spec.output_is_invariant() and pm.spec.tensors[convs[0].name].spatial
     probes = np.random.default_rng(1).standard_normal((6, 1, N, N)).astype(np.float32)
     src = _np(model)(probes)
@@ -314,3 +316,73 @@ def test_rotstack_costs_its_conv3d_multiply_adds():
                                            (model.conv3, 7)))
     head_macs = model.head.in_features * model.head.out_features
     assert info["deployed_multiply_adds"] == conv3d_macs + head_macs
+
+
+class _Rotated(nn.Module):  # 3 convs of one input (rotated kernels), stacked on the last axis
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+
+    def forward(self, x):
+        return torch.stack([F.conv2d(x, torch.rot90(self.conv.weight, k, (2, 3)),
+                                     self.conv.bias, padding=1) for k in range(3)], dim=-1)
+
+
+class _BiasAfterView(nn.Module):  # a per-field bias after a 5D view; one that varies in W
+    def __init__(self, varies: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 12, 3, padding=1, bias=False)
+        shape = (1, 3, 1, 1, 6) if varies else (1, 3, 1, 1, 1)
+        self.bias = nn.Parameter(torch.randn(shape))
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y.view(y.shape[0], 3, 4, *y.shape[2:]) + self.bias
+
+
+class _Shuffled(nn.Module):  # conv -> relu -> c-major copies read g-major
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 12, 3, padding=1)
+
+    def forward(self, x):
+        y = F.relu(self.conv(x))
+        return y.view(y.shape[0], 3, 4, *y.shape[2:]).permute(0, 2, 1, 3, 4).flatten(1, 2)
+
+
+class _Squeezed(nn.Module):
+    def forward(self, x):
+        return x.mean((2, 3), keepdim=True).unsqueeze(-1).squeeze()
+
+
+@pytest.mark.parametrize("net,rewrite,count", [
+    (_Rotated(), "merge_stacked_convs", 1), (_BiasAfterView(False), "fold_bias_adds", 1),
+    (_BiasAfterView(True), "fold_bias_adds", 0), (_Shuffled(), "shuffles_into_convs", 1),
+    (_Squeezed(), "explicit_squeezes", 1)])
+def test_each_rewrite_is_exact(net, rewrite, count):
+    """Each graph rewrite alone: the count it reports, the op it removes, and identical
+    outputs before and after (batch 1 included: ``squeeze()`` keeps the batch axis)."""
+    from eqdeploy.adapters import rewrites, stacked
+
+    fn = getattr(stacked, rewrite, None) or getattr(rewrites, rewrite)
+    torch.manual_seed(0)
+    net = net.eval()
+    x = torch.randn(2, 2, 6, 6)
+    gm = torch.export.export(net, (x,), dynamic_shapes=(
+        {0: torch.export.Dim("batch", min=1, max=64)},)).module()
+    rewrites.fold_constants(gm)  # the rotated kernels become constants, as in export_plain
+    stacked.fill_vals(gm)
+    gone = {"merge_stacked_convs": "aten.stack.default", "fold_bias_adds": "aten.add.Tensor",
+            "shuffles_into_convs": "aten.permute.default",
+            "explicit_squeezes": "aten.squeeze.default"}[rewrite]
+    assert fn(gm) == count
+    ops = [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+    assert (gone in ops) == (count == 0)
+    with torch.no_grad():
+        for batch in (x, x[:1]):
+            want = net(batch)
+            if rewrite == "explicit_squeezes" and len(batch) == 1:
+                want = want[None]  # the source drops its batch axis at batch 1
+            got = gm(batch)
+            assert got.shape == want.shape
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max()

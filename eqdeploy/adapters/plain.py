@@ -80,6 +80,7 @@ from eqdeploy.adapters.stacked import (
     fill_vals,
     merge_stacked_convs,
     pool3d_to_pool2d,
+    shuffles_into_convs,
     stacked_conv3d_to_grouped,
 )
 from eqdeploy.adapters.torchscript import torchscript_to_module
@@ -556,6 +557,8 @@ def export_plain(model: nn.Module | torch.jit.ScriptModule, example: torch.Tenso
              "became relu -> reshape, so the activation fuses into the conv before it"),
             (cancel_round_trips(gm), "layout round trips cancelled", "inverse permute/"
              "reshape pairs between per-copy layers removed (g-major order kept)"),
+            (shuffles_into_convs(gm), "channel shuffle into conv", "c-major copies "
+             "reordered g-major by the conv that writes them (weight rows permuted)"),
             (explicit_squeezes(gm), "squeeze() -> squeeze(dims)", "the size-1 axes at "
              "export: a deployed batch of 1 keeps its batch axis")]
         notes += [{"kind": kind, "count": count, "note": note}

@@ -24,6 +24,10 @@ strided set ``{c, C + c, ...}``, described by a strided layout):
   ``cat(xs, d)``, a permute that only moves a stacked axis is a stack on another axis, and
   a reduction of a permuted tensor reduces the unpermuted one when the kept axes keep
   their order. So chains of per-copy layers run in g-major order with no transposes.
+- ``shuffles_into_convs``: what is left of a sandwich after a conv that wrote its copies
+  c-major (``conv -> relu -> view (N, C, G, H, W) -> permute -> flatten``, a GrouPy-style
+  layer feeding a stacked Conv3d) is a channel shuffle: the conv writes its output
+  channels in the shuffled order instead (weight rows and bias permuted), no transpose.
 
 Every rewrite is exact (same float outputs).
 """
@@ -330,6 +334,69 @@ def _simplified(node: fx.Node) -> fx.Node | tuple | None:
         if kept == sorted(kept):
             return t, (src.args[0], sorted(perm[d] for d in dims), *node.args[2:])
     return None
+
+
+_PER_ELEMENT = (aten.relu.default, aten.relu6.default, aten.hardtanh.default)
+
+
+def _shuffle(node: fx.Node) -> tuple[fx.Node, list[int]] | None:
+    """(the 4D tensor, the channel order) when ``node`` is ``flatten(permute(view(t,
+    (N, a, b, H, W)), (0, 2, 1, 3, 4)), 1, 2)`` with every step used once."""
+    if node.target != aten.flatten.using_ints or _ints(node.args[1:3]) != [1, 2]:
+        return None
+    perm_node = node.args[0]
+    if not (isinstance(perm_node, fx.Node) and perm_node.target == aten.permute.default
+            and len(perm_node.users) == 1 and _ints(perm_node.args[1]) == [0, 2, 1, 3, 4]):
+        return None
+    view = perm_node.args[0]
+    if not (isinstance(view, fx.Node) and view.target in (aten.view.default,
+                                                          aten.reshape.default,
+                                                          aten.unflatten.int)
+            and len(view.users) == 1):
+        return None
+    src, mid = view.args[0], shape_of(view)
+    inner = shape_of(src)
+    if inner is None or mid is None or len(inner) != 4 or len(mid) != 5 or \
+            inner[2:] != mid[3:] or int(mid[1]) * int(mid[2]) != int(inner[1]):
+        return None
+    a, b = int(mid[1]), int(mid[2])
+    return src, [(j % a) * b + j // a for j in range(a * b)]  # new channel j <- old
+
+
+def shuffles_into_convs(gm: fx.GraphModule) -> int:
+    """Channel shuffles right after a conv (through per-element activations, each used
+    once) folded into the conv's output channel order. Returns the count folded."""
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
+            continue
+        found = _shuffle(node)
+        if found is None:
+            continue
+        src, order = found
+        conv = src
+        while isinstance(conv, fx.Node) and conv.target in _PER_ELEMENT and \
+                len(conv.users) == 1:
+            conv = conv.args[0]
+        if not (isinstance(conv, fx.Node) and conv.target == aten.conv2d.default
+                and len(conv.users) == 1 and isinstance(conv.args[1], fx.Node)
+                and conv.args[1].op == "get_attr"
+                and (len(conv.args) < 7 or conv.args[6] == 1)):
+            continue
+        args = list(conv.args) + [None] * max(0, 3 - len(conv.args))
+        index = torch.tensor(order)
+        w = module_attr(gm, args[1].target).detach()[index]
+        b = module_attr(gm, args[2].target).detach()[index] if isinstance(args[2], fx.Node) \
+            else None
+        with gm.graph.inserting_before(conv):
+            args[1] = gm.graph.get_attr(_constant(gm, f"_shuffled_{conv.name}_weight", w))
+            if b is not None:
+                args[2] = gm.graph.get_attr(_constant(gm, f"_shuffled_{conv.name}_bias", b))
+        conv.args = tuple(args)
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+        count += 1
+    return _finish(gm, count)
 
 
 def cancel_round_trips(gm: fx.GraphModule) -> int:
