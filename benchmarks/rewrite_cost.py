@@ -93,6 +93,10 @@ def _markdown(result: dict) -> str:
              f"(this checkout {result['checkout']}" +
              (f", baseline {result['baseline_checkout']}" if "baseline" in result else "") +
              "). Command: `" + result["command"] + "`.", "",
+             "Deployed parameters count what the artifact stores: a grouped conv holds its 2D "
+             "kernel once per copy (G x the Conv3d's weights, where the block-diagonal conv "
+             "held G^2 x), and the rotated kernels the source computes in each forward are "
+             "stored as constants. Multiply-adds are the Conv3d's exactly.", "",
              "| model | source params | source MACs | " +
              ("baseline params | baseline MACs | " if "baseline" in result else "") +
              "deployed params | deployed MACs | params x | MACs x | err vs source |",
