@@ -386,3 +386,29 @@ def test_each_rewrite_is_exact(net, rewrite, count):
             got = gm(batch)
             assert got.shape == want.shape
             assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_keepdim_reduction_runs_before_the_views():
+    """A global mean of a rotation stack viewed 5D ``(N, C, H, W, G)`` runs on the 4D map
+    (an integer GlobalAveragePool in ORT, not a float 5D ReduceMean); same outputs."""
+    from eqdeploy.adapters import stacked
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 12, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x).unflatten(1, (ORDER, 3)).permute(0, 2, 3, 4, 1)
+            return y.mean((2, 3), keepdim=True).amax(-1, keepdim=True)
+
+    torch.manual_seed(0)
+    net, x = Net().eval(), torch.randn(2, 2, 6, 6)
+    gm = torch.export.export(net, (x,)).module()
+    # the mean moves before the permute and the unflatten, the amax over G before the permute
+    assert stacked.reductions_before_views(gm) == 3
+    reduce_inputs = [n.args[0].target for n in gm.graph.nodes
+                     if n.target in (torch.ops.aten.mean.dim, torch.ops.aten.amax.default)]
+    assert torch.ops.aten.conv2d.default in reduce_inputs
+    with torch.no_grad():
+        assert (gm(x) - net(x)).abs().max() <= 1e-6 * net(x).abs().max()

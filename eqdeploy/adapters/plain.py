@@ -80,6 +80,7 @@ from eqdeploy.adapters.stacked import (
     fill_vals,
     merge_stacked_convs,
     pool3d_to_pool2d,
+    reductions_before_views,
     shuffles_into_convs,
     stacked_conv3d_to_grouped,
 )
@@ -557,6 +558,8 @@ def export_plain(model: nn.Module | torch.jit.ScriptModule, example: torch.Tenso
              "became relu -> reshape, so the activation fuses into the conv before it"),
             (cancel_round_trips(gm), "layout round trips cancelled", "inverse permute/"
              "reshape pairs between per-copy layers removed (g-major order kept)"),
+            (reductions_before_views(gm), "reduction before view", "a keepdim "
+             "reduction of a permuted/unflattened tensor runs on the 4D tensor before it"),
             (shuffles_into_convs(gm), "channel shuffle into conv", "c-major copies "
              "reordered g-major by the conv that writes them (weight rows permuted)"),
             (explicit_squeezes(gm), "squeeze() -> squeeze(dims)", "the size-1 axes at "

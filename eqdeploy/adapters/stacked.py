@@ -24,6 +24,10 @@ strided set ``{c, C + c, ...}``, described by a strided layout):
   ``cat(xs, d)``, a permute that only moves a stacked axis is a stack on another axis, and
   a reduction of a permuted tensor reduces the unpermuted one when the kept axes keep
   their order. So chains of per-copy layers run in g-major order with no transposes.
+- ``reductions_before_views``: a reduction (mean, amax, ...) with ``keepdim`` of a permuted
+  or unflattened tensor, over axes the view leaves whole, runs on the view's input first
+  (a global mean of the g-major 4D map, which every runtime runs in integers, instead of a
+  5D ReduceMean), the view after it on the small result.
 - ``shuffles_into_convs``: what is left of a sandwich after a conv that wrote its copies
   c-major (``conv -> relu -> view (N, C, G, H, W) -> permute -> flatten``, a GrouPy-style
   layer feeding a stacked Conv3d) is a channel shuffle: the conv writes its output
@@ -396,6 +400,49 @@ def shuffles_into_convs(gm: fx.GraphModule) -> int:
         node.replace_all_uses_with(src)
         gm.graph.erase_node(node)
         count += 1
+    return _finish(gm, count)
+
+
+def _reduce_dims_through(view: fx.Node, dims: list[int], nd: int) -> list[int] | None:
+    """``dims`` of ``view``'s output as axes of its input, None if the view splits one."""
+    if view.target == aten.permute.default:
+        perm = [p % nd for p in _ints(view.args[1])]
+        return sorted(perm[d] for d in dims)
+    d, parts = int(view.args[1]) % (nd - len(view.args[2]) + 1), len(view.args[2])
+    if any(d <= a < d + parts for a in dims):
+        return None
+    return sorted(a if a < d else a - parts + 1 for a in dims)
+
+
+def reductions_before_views(gm: fx.GraphModule) -> int:
+    """``reduce(view(x), dims, keepdim=True)`` -> ``view(reduce(x, dims'), keepdim=True)``
+    for permutes and unflattens that keep the reduced axes whole. Returns the count moved."""
+    count, changed = 0, True
+    while changed:
+        changed = False
+        for node in list(gm.graph.nodes):
+            if node.op != "call_function" or node.target not in _REDUCE or \
+                    len(node.args) < 3 or node.args[2] is not True or node.kwargs:
+                continue
+            view = node.args[0]
+            if not (isinstance(view, fx.Node) and view.target in (aten.permute.default,
+                                                                  aten.unflatten.int)
+                    and len(view.users) == 1 and shape_of(view) is not None):
+                continue
+            nd = len(shape_of(view))
+            dims = node.args[1]
+            dims = [d % nd for d in ([dims] if isinstance(dims, int) else _ints(dims))]
+            inner = _reduce_dims_through(view, dims, nd) if dims else None
+            if inner is None:
+                continue
+            with gm.graph.inserting_before(node):
+                reduced = _call(gm, node.target, (view.args[0], inner, True, *node.args[3:]))
+                new = _call(gm, view.target, (reduced, *view.args[1:]))
+            swap_node(gm, node, new)
+            gm.graph.erase_node(view)
+            count += 1
+            changed = True
+            break
     return _finish(gm, count)
 
 
