@@ -320,7 +320,7 @@ def convert(model_path: str | Path, options: ConvertOptions,
                                     "pass --group C4|D4|C8|... so eqdeploy discovers the "
                                     "channel layouts by probing")
             plain = discover_plain(source, example, options.group,
-                                   allow_broken=options.allow_broken)
+                                   allow_broken=options.allow_broken, tap=options.tap)
             plain.info.setdefault("framework", "plain torch (discovered)")
         else:
             plain = export_equivariant(source, example, options.group)

@@ -9,6 +9,7 @@ flatten of a 1x1 map); a Linear on invariant features gives invariant features.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -59,13 +60,11 @@ def _propagate(node: fx.Node, layouts: dict[str, Layout],
         dims = node.args[1] if len(node.args) > 1 else None
         dims = sorted(d % len(in_shape) for d in (dims or []))
         if len(in_shape) == 4 and dims == [2, 3]:
-            keep = len(shape) == 4
-            return Layout(first.fields, first.channels, spatial=False) if not keep else \
-                Layout(first.fields, first.channels, spatial=True)
+            return dataclasses.replace(first, spatial=len(shape) == 4)
         return None
     if node.target in _RESHAPES:
         if len(in_shape) == 4 and in_shape[2:] == (1, 1) and shape == in_shape[:2]:
-            return Layout(first.fields, first.channels, spatial=False)
+            return dataclasses.replace(first, spatial=False)
         return first if shape == in_shape else None
     if node.target in (aten.linear.default, aten.addmm.default) and is_invariant(first):
         return trivial(shape[-1], False)

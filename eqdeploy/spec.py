@@ -8,6 +8,13 @@ named once and carries, per group element, the channel permutation it induces wh
 a permutation representation (regular, quotient, trivial), else ``None`` (irreps).
 The action of an exact element g on a tensor is ``spatial_g(x)[:, perm_g]``, where
 ``perm_g[j]`` is the input channel that output channel j takes.
+
+Fields tile the channel axis in order, unless the layout has a channel ``order`` (strided
+fields, e.g. a grouped conv's output ``g*C + c`` whose orbits are ``{c, C + c, ...}``):
+then fields tile the *positions* of ``order`` and field channel j is tensor channel
+``order[start + j]``. ``field_channels`` gives every field's channels either way; use it
+(``field_slices`` is for contiguous layouts only). Manifest version 3 adds ``order``; a
+manifest without strided layouts is still written as version 2.
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ from eqdeploy.errors import EqdeployError
 from eqdeploy.groups import Element, Group, apply_pixel_action
 
 SCHEMA = "eqdeploy.symmetry"
-SCHEMA_VERSION = 2  # 2: layouts as runs of fields; version 1 (explicit fields) still read
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3  # 3: strided layouts (``order``); 2: runs of fields; 1: explicit fields
+CONTIGUOUS_VERSION = 2  # written when no layout has an ``order`` (older readers read it)
+READABLE_VERSIONS = (1, 2, 3)
 KINDS = ("trivial", "regular", "quotient", "irrep", "other")
 
 
@@ -54,34 +62,49 @@ class Representation:
 class Layout:
     """Fields of one tensor's channel axis; ``spatial`` says whether it has H, W axes."""
 
-    fields: tuple[tuple[int, str], ...]  # (start channel, representation name)
+    fields: tuple[tuple[int, str], ...]  # (start position, representation name)
     channels: int
     spatial: bool = True
+    order: tuple[int, ...] | None = None  # channel at each position; None: the identity
+
+    def __post_init__(self) -> None:
+        if self.order is not None:
+            order = tuple(int(i) for i in self.order)
+            object.__setattr__(self, "order", None if order == tuple(range(len(order)))
+                               else order)
+
+    @property
+    def strided(self) -> bool:
+        return self.order is not None
 
     def to_json(self) -> dict:
         """Run-length form: consecutive fields of one representation as ``[name, count]``
-        (a ResNet18's manifest shrinks from ~36 kB to ~3 kB)."""
+        (a ResNet18's manifest shrinks from ~36 kB to ~3 kB); ``order`` only if strided."""
         runs: list[list] = []
         for _, rep in self.fields:
             if runs and runs[-1][0] == rep:
                 runs[-1][1] += 1
             else:
                 runs.append([rep, 1])
-        return {"channels": self.channels, "spatial": self.spatial, "runs": runs}
+        out = {"channels": self.channels, "spatial": self.spatial, "runs": runs}
+        if self.order is not None:
+            out["order"] = list(self.order)
+        return out
 
     @classmethod
     def from_json(cls, d: dict, sizes: dict[str, int] | None = None) -> Layout:
-        """Read a layout: ``runs`` (version 2; needs the representations' ``sizes``) or the
-        explicit ``fields`` list of version 1."""
+        """Read a layout: ``runs`` (versions 2, 3; needs the representations' ``sizes``) or
+        the explicit ``fields`` list of version 1; ``order`` when present (version 3)."""
+        order = tuple(int(i) for i in d["order"]) if d.get("order") is not None else None
         if "fields" in d:
             return cls(tuple((int(s), str(r)) for s, r in d["fields"]), int(d["channels"]),
-                       bool(d.get("spatial", True)))
+                       bool(d.get("spatial", True)), order)
         fields, start = [], 0
         for rep, count in d["runs"]:
             for _ in range(int(count)):
                 fields.append((start, str(rep)))
                 start += (sizes or {})[rep]
-        return cls(tuple(fields), int(d["channels"]), bool(d.get("spatial", True)))
+        return cls(tuple(fields), int(d["channels"]), bool(d.get("spatial", True)), order)
 
 
 @dataclass
@@ -104,7 +127,12 @@ class SymmetrySpec:
             if rep.perms is None:
                 return None
             perm[start:start + rep.size] = start + np.asarray(rep.perms[element.name])
-        return perm
+        if layout.order is None:
+            return perm
+        order = np.asarray(layout.order, dtype=np.int64)
+        out = np.empty_like(perm)
+        out[order] = order[perm]  # position j holds channel order[j]
+        return out
 
     def act(self, x: np.ndarray, layout: Layout, element: Element) -> np.ndarray:
         """Apply an exact element to a batch ``(N, C[, H, W])`` laid out as ``layout``."""
@@ -119,14 +147,29 @@ class SymmetrySpec:
         return all(self.representations[r].kind == "trivial" for _, r in self.output.fields)
 
     def field_slices(self, layout: Layout) -> list[tuple[int, int]]:
-        """(start, end) channel ranges of the fields of ``layout``."""
+        """(start, end) channel ranges of the fields of a contiguous ``layout``."""
+        if layout.strided:
+            raise ValueError("strided layout: its fields are not channel ranges; use "
+                             "SymmetrySpec.field_channels")
         return [(s, s + self.representations[r].size) for s, r in layout.fields]
+
+    def field_channels(self, layout: Layout) -> list[np.ndarray]:
+        """The channels of each field of ``layout`` (index arrays, in field order; channel
+        j of a field is element j of its array), contiguous or strided."""
+        order = np.arange(layout.channels) if layout.order is None else \
+            np.asarray(layout.order, dtype=np.int64)
+        return [order[s:s + self.representations[r].size] for s, r in layout.fields]
+
+    def layouts(self) -> list[tuple[str, Layout]]:
+        """(name, layout) of the input, the output and every listed tensor."""
+        return [("input", self.input), ("output", self.output), *self.tensors.items()]
 
     # --- JSON ------------------------------------------------------------------------------
     def to_json(self) -> dict:
         return {
             "schema": SCHEMA,
-            "version": SCHEMA_VERSION,
+            "version": SCHEMA_VERSION if any(lay.strided for _, lay in self.layouts())
+            else CONTIGUOUS_VERSION,
             "group": self.group.to_json(),
             "representations": {k: v.to_json() for k, v in self.representations.items()},
             "input": self.input.to_json(),
@@ -174,7 +217,10 @@ class SymmetrySpec:
                 for p in rep.perms.values():
                     if sorted(p) != list(range(rep.size)):
                         raise EqdeployError(f"representation {rep.name} has a non-permutation")
-        for lname, lay in [("input", self.input), ("output", self.output), *self.tensors.items()]:
+        for lname, lay in self.layouts():
+            if lay.order is not None and sorted(lay.order) != list(range(lay.channels)):
+                raise EqdeployError(f"layout of {lname} has a channel order that is not a "
+                                    f"permutation of its {lay.channels} channels")
             pos = 0
             for start, rname in lay.fields:
                 if start != pos or rname not in self.representations:

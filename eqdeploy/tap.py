@@ -42,9 +42,10 @@ def _data_nodes(gm: fx.GraphModule) -> list[fx.Node]:
             and n.target is not aten.sym_size.int]
 
 
-def resolve_tap(pm: PlainModel, layer: str) -> str:
+def resolve_tap(pm: PlainModel | torch.export.ExportedProgram, layer: str) -> str:
     """The graph node carrying the output of module ``layer`` (or the node named ``layer``)."""
-    nodes = _data_nodes(pm.program.graph_module)
+    program = pm if isinstance(pm, torch.export.ExportedProgram) else pm.program
+    nodes = _data_nodes(program.graph_module)
     if any(n.name == layer for n in nodes):
         return layer
     hits = [n for n in nodes if layer in _paths(n)]

@@ -64,17 +64,27 @@ def test_discovery_recovers_regular_fields(name, plain_models):
     for c in convs:
         lay = spec.tensors[c.name]
         assert {reps[r].kind for _, r in lay.fields} == {"regular"}
-        assert all(e - s == order for s, e in spec.field_slices(lay))
-        starts = np.arange(0, lay.channels, order)[:, None]
-        perm = spec.channel_perm(lay, spec.group.element("r1"))
-        shift = perm.reshape(-1, order) - starts
+        fields = np.stack(spec.field_channels(lay))  # (fields, |G|) channel indices
+        assert fields.shape[1] == order
+        assert sorted(fields.ravel().tolist()) == list(range(lay.channels))
+        # the rot-stack's grouped convs order channels g*C + c: strided fields {c, C+c, ..}
+        fields_c = lay.channels // order
+        want = np.arange(lay.channels).reshape(order, fields_c).T if name == "rotstack_c4" \
+            else np.arange(lay.channels).reshape(fields_c, order)
+        assert lay.strided == (name == "rotstack_c4") and np.array_equal(fields, want)
+
+        def local(e, fields=fields, lay=lay):  # position, within its field, of perm[f]
+            perm = spec.channel_perm(lay, spec.group.element(e) if isinstance(e, str) else e)
+            return np.stack([np.searchsorted(f, perm[f]) for f in fields])
+
+        shift = local("r1")
         assert (shift == shift[0]).all() and sorted(shift[0]) == list(range(order))
+        perm = spec.channel_perm(lay, spec.group.element("r1"))
         assert spec.channel_perm(lay, spec.group.element("r2")).tolist() == \
             perm[perm].tolist()
         if name in GROUPY:  # channel g of a field is element g: the left regular action
             for e in spec.group.elements:
-                local = spec.channel_perm(lay, e).reshape(-1, order) - starts
-                assert (local == canonical[(e.flip, e.rotation)]).all(), (c.name, e.name)
+                assert (local(e) == canonical[(e.flip, e.rotation)]).all(), (c.name, e.name)
         # GrouPy maps rotate with the input; stacked copies are only permuted
         assert lay.spatial == (name != "rotstack_c4")
     assert spec.output_is_invariant() and not spec.output.spatial
@@ -215,7 +225,8 @@ def test_torchscript_input(tmp_path, plain_models):
 @pytest.mark.parametrize("pool", ["max", "avg"])
 def test_pool3d_over_stacked_copies_becomes_an_exact_pool2d(pool):
     """A (1, k, k) max/avg pool3d and a relu behind a reshape: rewritten, same outputs."""
-    from eqdeploy.adapters.rewrites import activations_before_reshapes, pool3d_to_pool2d
+    from eqdeploy.adapters.rewrites import activations_before_reshapes
+    from eqdeploy.adapters.stacked import pool3d_to_pool2d
 
     class Net(torch.nn.Module):
         def forward(self, x):
@@ -236,7 +247,7 @@ def test_pool3d_over_stacked_copies_becomes_an_exact_pool2d(pool):
 
 def test_functional_conv3d_over_stacked_copies_becomes_conv2d():
     """``F.conv3d`` with a (1, k, k) kernel (no module to swap): the graph-level rewrite."""
-    from eqdeploy.adapters.rewrites import stacked_conv3d_to_conv2d
+    from eqdeploy.adapters.stacked import stacked_conv3d_to_grouped
 
     w, b = torch.randn(5, 3, 1, 3, 3), torch.randn(5)
 
@@ -246,7 +257,7 @@ def test_functional_conv3d_over_stacked_copies_becomes_conv2d():
 
     x = torch.randn(2, 3, 4, 9, 9)
     gm = torch.export.export(Net(), (x,)).module()
-    assert stacked_conv3d_to_conv2d(gm) == 1
+    assert len(stacked_conv3d_to_grouped(gm)) == 1
     targets = [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
     assert "aten.conv2d.default" in targets and not [t for t in targets if "conv3d" in t]
     assert (gm(x) - Net()(x)).abs().max() <= 1e-5

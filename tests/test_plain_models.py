@@ -210,3 +210,81 @@ def test_discovered_fields_are_regular(converted):
         assert [s for s, _ in lay.fields] == list(range(0, lay.channels, order)), t
     assert converted["fp32"]["model"]["discovery"]["group"] == group
     assert sym.output_is_invariant()
+
+
+def _onnx_int8_weights(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Layer -> (integer weight values with the output channel first, scales), as stored
+    in an INT8 ONNX (uint8 weights are the int8 grid shifted by their zero point)."""
+    import onnx
+
+    from eqdeploy.targets import onnx_int8 as T
+
+    model = onnx.load(str(path))
+    arrays = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    dq = {n.output[0].removesuffix(T.DQ_OUT_SUFFIX): n for n in model.graph.node
+          if n.op_type == "DequantizeLinear" and n.input[0] in arrays}
+    out = {}
+    for layer, init in T.artifact_meta(path)["weights"].items():
+        node = dq[init]
+        q, zp = arrays[node.input[0]].astype(np.int64), arrays[node.input[2]].astype(np.int64)
+        q = q - zp.reshape(-1, *([1] * (q.ndim - 1)))
+        out[layer] = (q, np.atleast_1d(arrays[node.input[1]]).astype(np.float32))
+    return out
+
+
+def _tflite_int8_weights(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(integer weights with the quantized channel first, scales) of every per-channel
+    quantized constant in a .tflite."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(path.read_bytes(), 0)
+    graph = model.Subgraphs(0)
+    out = []
+    for i in range(graph.TensorsLength()):
+        t = graph.Tensors(i)
+        q = t.Quantization()
+        data = model.Buffers(t.Buffer()).DataAsNumpy()
+        if q is None or q.ScaleLength() < 2 or t.Type() != schema.TensorType.INT8 or \
+                isinstance(data, int):
+            continue
+        w = np.asarray(data).view(np.int8).reshape(t.ShapeAsNumpy()).astype(np.int64)
+        out.append((np.moveaxis(w, q.QuantizedDimension(), 0),
+                    np.asarray(q.ScaleAsNumpy(), np.float32)))
+    return out
+
+
+@pytest.mark.slow
+def test_int8_weight_scales_are_one_per_field_in_both_artifacts(converted):
+    """Read back from both INT8 artifacts: each weight's scales are equal inside every field
+    of its output layout, strided fields included (the rot-stack's grouped convs order
+    channels g*C + c), and each field's scale is its own range (some channel of the field
+    reaches +-127): a per-tensor scale or fields read as channel ranges would fail."""
+    name, outdir = converted["name"], converted["int8_dir"]
+    report = converted["int8"]
+    qp = {k: np.asarray(v, np.float32) for k, v in
+          report["quantization"]["params"]["weights"].items()}
+    tflite = _tflite_int8_weights(outdir / f"{name}.tflite")
+    onnx_w = _onnx_int8_weights(outdir / f"{name}.onnx")
+    strided = checked = 0
+    for artifact in (f"{name}.onnx", f"{name}.tflite"):
+        from eqdeploy.harness.runtime import read_spec
+
+        spec = read_spec(outdir / artifact)
+        for layer, want in qp.items():
+            lay = spec.tensors.get(layer)
+            if lay is None or lay.channels != len(want) or layer.startswith("linear"):
+                continue
+            stored = [onnx_w[layer]] if artifact.endswith(".onnx") else \
+                [(q, s) for q, s in tflite if np.array_equal(s, want)]
+            assert stored, (artifact, layer)
+            for q, scales in stored:
+                assert np.array_equal(scales, want), (artifact, layer)
+                peak = np.abs(q).reshape(len(q), -1).max(1)
+                for f in spec.field_channels(lay):
+                    assert len(set(scales[f].tolist())) == 1, (artifact, layer, f)
+                    assert peak[f].max() == 127, (artifact, layer, f)
+                assert len(set(scales.tolist())) > 1, (artifact, layer)  # not per tensor
+            strided += lay.strided
+            checked += 1
+    assert checked >= 6
+    assert (strided > 0) == (name == "rotstack_c4")

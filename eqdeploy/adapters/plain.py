@@ -10,18 +10,24 @@ graph (dynamic batch) and *discovers* the SymmetrySpec by probing (DESIGN.md sec
 2. For every such tensor T, the permutation pi with ``T(s.x) == spatial_s(T(x))[:, pi]``
    is found by matching channels (squared distance on a subsample, then a linear
    assignment that prefers the identity among exact ties, then an exact check of every
-   value within ``tol`` relative to the tensor's largest value). 4D tensors are tried with
-   the spatial action first, then with the channels alone (rot90-stacking models permute
-   copies without rotating the maps; their layout then has ``spatial=False``). 5D
-   ``(N, C, G, H, W)`` tensors are read as ``(N, C*G, H, W)``; they are listed in
-   ``info["discovery"]["stacked_layouts"]`` but not in ``spec.tensors`` (no stage reads them).
+   value within ``tol`` relative to the tensor's largest value). The group may act on any
+   axes (``eqdeploy.adapters.matching``): T is read through candidate *views*, a pair of
+   adjacent spatial axes moved by the pixel action or left alone (rot90-stacking models
+   permute copies without rotating the maps: ``spatial=False``), the other non-batch axes
+   flattened into one channel index; or, without spatial extent (after global pooling, a
+   ``squeeze()``, a flatten), every axis a channel axis. So ``(N, C, G, H, W)``,
+   ``(N, C, H, W, G)`` (a rotation stack on the last axis) and ``(N, C, G)`` all have
+   channel ``c*G + g``. The first view under which a permutation exists is kept (the
+   same view for every generator). Only tensors read channel-first (``(N, C)``,
+   ``(N, C, H, W)``) get ``spec.tensors`` layouts; the others are listed in
+   ``info["discovery"]["stacked_layouts"]`` with their view (no stage reads them).
 3. The perms of every element of H are composed from the generators' perms along words
    (``p_{s g} = p_g[p_s]``), checking that they form a representation (a closed word
    gives the identity).
-4. Fields are the smallest contiguous channel ranges closed under the group (the union of
-   the orbits that overlap). A range that is one orbit of size |group| is ``regular``, one
-   smaller orbit ``quotient``, a fixed channel ``trivial``, several interleaved orbits
-   ``other`` (still a permutation representation, but one scale for all of it).
+4. Fields are the orbits of the group on the channels (channels ascending): an orbit of
+   size |group| is ``regular``, a smaller one ``quotient``, a fixed channel ``trivial``.
+   Where orbits interleave (a grouped conv's channel ``g*C + c``: orbit ``{c, C + c, ...}``)
+   the layout gets a channel order (strided fields, ``SymmetrySpec.field_channels``).
 
 Groups without an exact pixel action for every element (C8, C12, D8, ...): only H (C4, D4,
 C2, ...) is discovered. The perms of the other elements are derived when every field is a
@@ -33,7 +39,9 @@ spec's group becomes H and ``info["group_reduced"]`` says why (which tensor and 
 
 A tensor with no permutation is not equivariant: ``EqdeployError`` naming the aten node and
 the module path that produced it, or, with ``allow_broken=True``, an entry of
-``info["broken_tensors"]`` (the tensor then has no layout).
+``info["broken_tensors"]`` (the tensor then has no layout). Tensors computed from a
+``--tap`` node (``tap=``) may be broken without an error: the head after a tap need not be
+equivariant; they are listed in ``info["discovery"]["not_equivariant_after_tap"]``.
 
 TorchScript input goes through ``eqdeploy.adapters.torchscript.torchscript_to_module``
 (the graph interpreted with its input-independent part folded, then exported).
@@ -50,25 +58,45 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from eqdeploy.adapters.matching import (
+    View,
+    candidate_views,
+    exact,
+    match_channels,
+    norms_compatible,
+    reference,
+)
 from eqdeploy.adapters.rewrites import (
     activations_before_reshapes,
     convolution_to_conv2d,
     drop_guards,
+    explicit_squeezes,
+    fold_bias_adds,
     fold_constants,
     merge_field_batchnorm,
+)
+from eqdeploy.adapters.stacked import (
+    cancel_round_trips,
+    fill_vals,
+    merge_stacked_convs,
     pool3d_to_pool2d,
-    rewrite_stacked_conv3d,
-    stacked_conv3d_to_conv2d,
+    reductions_before_views,
+    shuffles_into_convs,
+    stacked_conv3d_to_grouped,
 )
 from eqdeploy.adapters.torchscript import torchscript_to_module
 from eqdeploy.adapters.unfold import rewrite_windows
 from eqdeploy.errors import EqdeployError
 from eqdeploy.export import PlainModel
+from eqdeploy.graph_cost import multiply_adds
 from eqdeploy.groups import Element, Group, apply_pixel_action
 from eqdeploy.spec import Layout, Representation, SymmetrySpec, trivial_layout
 
 DEFAULT_TOL = 1e-4
-_MATCH_COLUMNS = 4096
+MAX_RANK = 6
+
+__all__ = ["discover_layouts", "discover_plain", "export_plain", "exact_subgroup",
+           "layout_from_perms", "match_channels", "regular_perms"]
 
 Key = tuple[int, int]  # (flip, rotation) of an element of the named group
 
@@ -123,56 +151,6 @@ def _run(gm: fx.GraphModule, x: np.ndarray, names: set[str],
         _Recorder(gm, names, sink).run(torch.from_numpy(np.ascontiguousarray(x)))
 
 
-# --- channel matching --------------------------------------------------------------------------
-@dataclass
-class _Match:
-    perm: np.ndarray | None
-    err: float  # worst relative error of the best assignment
-    channel: int  # channel with the worst error
-    ties: int  # channels with an exactly indistinguishable partner
-
-
-def _as_channels(t: np.ndarray) -> np.ndarray:
-    c = t.shape[1]
-    return np.moveaxis(t, 1, 0).reshape(c, -1).astype(np.float64)
-
-
-def _exact(moved: np.ndarray, ref: np.ndarray, perm: np.ndarray, tol: float) -> bool:
-    scale = max(float(np.abs(moved).max(initial=0.0)), float(np.abs(ref).max(initial=0.0)),
-                1e-30)
-    return float(np.abs(moved - ref[:, perm]).max(initial=0.0)) <= tol * scale
-
-
-def match_channels(moved: np.ndarray, ref: np.ndarray, tol: float) -> _Match:
-    """The permutation pi with ``moved[:, j] == ref[:, pi[j]]`` within ``tol`` (relative to
-    the largest magnitude), or ``perm=None`` with the best assignment's error."""
-    a, b = _as_channels(moved), _as_channels(ref)
-    c = a.shape[0]
-    scale = max(float(np.abs(a).max(initial=0.0)), float(np.abs(b).max(initial=0.0)), 1e-30)
-    atol = tol * scale
-    ident = np.abs(a - b).max(axis=1, initial=0.0)
-    if ident.max(initial=0.0) <= atol:
-        return _Match(np.arange(c), float(ident.max(initial=0.0)) / scale, 0, 0)
-    cols = a.shape[1]
-    sel = np.linspace(0, cols - 1, min(cols, _MATCH_COLUMNS)).round().astype(np.int64)
-    sa, sb = a[:, sel], b[:, sel]
-    dist = (sa ** 2).sum(1)[:, None] + (sb ** 2).sum(1)[None, :] - 2.0 * sa @ sb.T
-    dist = np.maximum(dist, 0.0) / (len(sel) * scale * scale)
-    tie_eps = (tol * tol) * 1e-3
-    ties = int(((dist < tie_eps).sum(1) > 1).sum())
-    pi = dist.argmin(1)
-    if len(set(pi.tolist())) != c or ties:
-        from scipy.optimize import linear_sum_assignment
-
-        # prefer the identity among (numerically) exact ties: dead or duplicate channels
-        cost = np.where(dist < tie_eps, 0.0, dist) + tie_eps * (1 - np.eye(c))
-        _, pi = linear_sum_assignment(cost)
-    err = np.abs(a - b[pi]).max(axis=1) / scale
-    worst = int(err.argmax())
-    ok = float(err[worst]) <= tol
-    return _Match(pi if ok else None, float(err[worst]), worst, ties)
-
-
 # --- layouts from perms ------------------------------------------------------------------------
 def _orbits(perms: list[np.ndarray], c: int) -> list[list[int]]:
     parent = list(range(c))
@@ -207,11 +185,10 @@ def _blocks(perms: list[np.ndarray], c: int) -> list[tuple[int, int, int]]:
     return [tuple(b) for b in out]
 
 
-def _kind(size: int, orbits: int, order: int) -> str:
+def _kind(size: int, order: int) -> str:
+    """Kind of one orbit (a transitive permutation representation) of ``size`` channels."""
     if size == 1:
         return "trivial"
-    if orbits > 1:
-        return "other"
     return "regular" if size == order else "quotient"
 
 
@@ -242,30 +219,44 @@ class _Reps:
 
 def layout_from_perms(perms: dict[Key, np.ndarray], group: Group, reps: _Reps,
                       channels: int, spatial: bool) -> Layout:
-    """Layout of a tensor from one full channel permutation per element of ``group``."""
+    """Layout of a tensor from one full channel permutation per element of ``group``: one
+    field per orbit (its channels ascending), with a channel order where orbits interleave
+    (strided fields, e.g. channel ``g*C + c`` of a grouped conv)."""
     keys = [(e.flip, e.rotation) for e in group.elements]
-    fields = []
-    for start, end, n_orbits in _blocks([perms[k] for k in keys], channels):
-        local = {e.name: tuple(int(i) - start for i in perms[k][start:end])
+    orbits = _orbits([perms[k] for k in keys], channels)
+    order = np.array([i for o in orbits for i in o], dtype=np.int64)
+    pos = np.empty(channels, dtype=np.int64)
+    pos[order] = np.arange(channels)
+    fields, start = [], 0
+    for orbit in orbits:
+        idx = np.asarray(orbit)
+        local = {e.name: tuple(int(i) - start for i in pos[perms[k][idx]])
                  for e, k in zip(group.elements, keys, strict=True)}
-        kind = _kind(end - start, n_orbits, group.order)
-        fields.append((start, reps.name_for(kind, local)))
-    return Layout(tuple(fields), channels, spatial)
+        fields.append((start, reps.name_for(_kind(len(orbit), group.order), local)))
+        start += len(orbit)
+    return Layout(tuple(fields), channels, spatial, tuple(order.tolist()))
 
 
 # --- the discovery -----------------------------------------------------------------------------
 @dataclass
 class _Tensor:
     name: str
-    ndim: int
-    channels: int
+    shape: tuple[int, ...]
     module: str
     op: str
     args: list[str] = field(default_factory=list)
     gen_perms: dict[Key, np.ndarray] = field(default_factory=dict)
-    spatial: bool | None = None
+    view: View | None = None  # fixed by the first generator that matched
     broken: dict | None = None
     ties: int = 0
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def channels(self) -> int:
+        return self.view.channels(self.shape) if self.view is not None else -1
 
 
 def _module_path(node: fx.Node) -> str:
@@ -294,23 +285,48 @@ def _batch_leading(node: fx.Node, batch_symbol: str | None) -> bool:
     return isinstance(lead, torch.SymInt) and str(lead) == batch_symbol
 
 
-def _spatial_ref(base: np.ndarray, element: Element) -> np.ndarray | None:
-    """``spatial_g`` of a 4D ``(N, C, H, W)`` array, None if the action cannot be exact."""
-    q = element.quarter_turns
-    if base.ndim != 4 or (q % 2 == 1 and base.shape[-1] != base.shape[-2]):
-        return None
-    return apply_pixel_action(base, element)
-
-
-def _as_4d(t: np.ndarray) -> np.ndarray:
-    return t.reshape(t.shape[0], -1, *t.shape[-2:]) if t.ndim == 5 else t
+def _match_tensor(t: _Tensor, tensors: dict[str, _Tensor], moved_raw: np.ndarray,
+                  base_raw: np.ndarray, el: Element, key: Key, tol: float) -> None:
+    """Find ``t``'s channel permutation under generator ``el`` (and its view, if not fixed
+    yet), or mark it broken with the best assignment's error."""
+    views = [t.view] if t.view is not None else candidate_views(t.shape, el)
+    tries = [(v, v.canon(moved_raw), reference(base_raw, v, el)) for v in views]
+    # prefer the perm of the producer (same channels): consistent fields across ops even
+    # where channels tie (dead ReLU channels, stacked identical copies)
+    for arg in t.args:
+        src = tensors.get(arg)
+        if src is None or src.view is None or key not in src.gen_perms:
+            continue
+        for v, moved, ref in tries:
+            if v.channels(t.shape) == src.channels and v.spatial() == src.view.spatial() \
+                    and exact(moved, ref, src.gen_perms[key], tol):
+                t.gen_perms[key], t.view = src.gen_perms[key], v
+                return
+    best = None
+    for v, moved, ref in tries:
+        if len(tries) > 1 and not norms_compatible(moved, ref, tol):
+            continue
+        m = match_channels(moved, ref, tol)
+        if m.perm is not None:
+            t.gen_perms[key], t.view = m.perm, v
+            t.ties = max(t.ties, m.ties)
+            return
+        best = m if best is None or m.err < best.err else best
+    if best is None:  # every view failed the norm test: report the most natural one
+        best = match_channels(*tries[0][1:], tol)
+    t.broken = {"element": el.name, "module": t.module, "op": t.op,
+                "rel_err": round(best.err, 6), "channel": best.channel}
 
 
 def discover_layouts(program: torch.export.ExportedProgram, group: Group,
                      input_shape: tuple[int, ...], *, probes: int = 4, seed: int = 0,
-                     tol: float = DEFAULT_TOL, allow_broken: bool = False
-                     ) -> tuple[SymmetrySpec, dict]:
-    """SymmetrySpec of ``program`` (names as in ``program.graph``) found by probing."""
+                     tol: float = DEFAULT_TOL, allow_broken: bool = False,
+                     tap: str | None = None) -> tuple[SymmetrySpec, dict]:
+    """SymmetrySpec of ``program`` (names as in ``program.graph``) found by probing.
+
+    ``tap``: a node whose descendants need not be equivariant (``--tap``: the head after
+    it reads group channels on purpose); they are listed, not raised.
+    """
     t0 = time.perf_counter()
     graph = program.graph
     user_in = program.graph_signature.user_inputs[0]
@@ -320,6 +336,7 @@ def discover_layouts(program: torch.export.ExportedProgram, group: Group,
     batch_symbol = str(in_val.shape[0]) if isinstance(in_val, torch.Tensor) and \
         isinstance(in_val.shape[0], torch.SymInt) else None
     dep = _depends_on(graph, user_in)
+    after_tap = _depends_on(graph, tap) - {tap} if tap else set()
     tensors: dict[str, _Tensor] = {}
     unchecked: dict[str, str] = {}
     for n in graph.nodes:
@@ -334,11 +351,11 @@ def discover_layouts(program: torch.export.ExportedProgram, group: Group,
         if not _batch_leading(n, batch_symbol):
             unchecked[n.name] = f"leading axis {val.shape[0]} is not the batch"
             continue
-        if val.dim() > 5:
+        if val.dim() > MAX_RANK:
             unchecked[n.name] = f"rank {val.dim()}"
             continue
-        ch = int(val.shape[1]) * (int(val.shape[2]) if val.dim() == 5 else 1)
-        tensors[n.name] = _Tensor(n.name, val.dim(), ch, _module_path(n), str(n.target),
+        shape = (-1, *(int(d) for d in val.shape[1:]))
+        tensors[n.name] = _Tensor(n.name, shape, _module_path(n), str(n.target),
                                   [a.name for a in n.all_input_nodes])
 
     hgroup, gens, step = exact_subgroup(group)
@@ -348,42 +365,13 @@ def discover_layouts(program: torch.export.ExportedProgram, group: Group,
     gm = program.module()
     names = set(tensors)
     base: dict[str, np.ndarray] = {}
-    _run(gm, x, names, lambda k, v: base.__setitem__(k, _as_4d(v.numpy().copy())))
+    _run(gm, x, names, lambda k, v: base.__setitem__(k, v.numpy().copy()))
 
     for key, el in gen_elements.items():
         def check(name: str, val: torch.Tensor, el=el, key=key) -> None:
             t = tensors[name]
-            if t.broken is not None:
-                return
-            moved = _as_4d(val.numpy())
-            ref = base[name]
-            tries = []
-            sref = _spatial_ref(ref, el) if t.spatial in (None, True) else None
-            if sref is not None:
-                tries.append((True, sref))
-            if t.spatial in (None, False):
-                tries.append((False, ref))
-            # prefer the perm of the producer (same channels): consistent fields across
-            # ops even where channels tie (dead ReLU channels, stacked identical copies)
-            for arg in t.args:
-                src = tensors.get(arg)
-                if src is None or src.channels != t.channels or key not in src.gen_perms:
-                    continue
-                for spatial, r in tries:
-                    if spatial == src.spatial and _exact(moved, r, src.gen_perms[key], tol):
-                        t.gen_perms[key], t.spatial = src.gen_perms[key], spatial
-                        return
-            best = None
-            for spatial, r in tries:
-                m = match_channels(moved, r, tol)
-                if m.perm is not None:
-                    t.gen_perms[key], t.spatial = m.perm, spatial
-                    t.ties = max(t.ties, m.ties)
-                    return
-                best = m if best is None or m.err < best.err else best
-            t.broken = {"element": el.name, "module": t.module, "op": t.op,
-                        "rel_err": None if best is None else round(best.err, 6),
-                        "channel": None if best is None else best.channel}
+            if t.broken is None:
+                _match_tensor(t, tensors, val.numpy(), base[name], el, key, tol)
 
         _run(gm, apply_pixel_action(x, el), names, check)
 
@@ -414,8 +402,9 @@ def discover_layouts(program: torch.export.ExportedProgram, group: Group,
             full[t.name] = perms
 
     broken = {name: t.broken for name, t in tensors.items() if t.broken is not None}
-    if broken and not allow_broken:
-        name = next(nm for nm in tensors if nm in broken)  # first in graph order
+    blocking = [nm for nm in tensors if nm in broken and nm not in after_tap]
+    if blocking and not allow_broken:
+        name = blocking[0]  # first in graph order
         b = broken[name]
         why = b.get("why") or (f"no channel permutation maps it onto its transform (best "
                                f"match off by {b['rel_err']:.2e} relative at channel "
@@ -465,12 +454,11 @@ def discover_layouts(program: torch.export.ExportedProgram, group: Group,
     stacked: dict[str, dict] = {}
     for name, perms in full.items():
         t = tensors[name]
-        spatial = bool(t.spatial) if t.ndim >= 4 else False
-        lay = layout_from_perms(perms, spec_group, reps, t.channels, spatial)
-        if t.ndim in (2, 4):
+        lay = layout_from_perms(perms, spec_group, reps, t.channels, t.view.spatial())
+        if t.view.is_channel_first(t.shape):
             layouts[name] = lay
-        else:
-            stacked[name] = lay.to_json()
+        else:  # the action lives on other axes: recorded, not read by any stage
+            stacked[name] = {**t.view.to_json(t.shape), **lay.to_json()}
     input_layout = trivial_layout(reps.reps, spec_group, int(input_shape[1]),
                                   len(input_shape) == 4)
     layouts[user_in] = input_layout
@@ -481,9 +469,10 @@ def discover_layouts(program: torch.export.ExportedProgram, group: Group,
         out_val = next(nd for nd in graph.nodes if nd.name == user_out).meta["val"]
         output_layout = trivial_layout(reps.reps, spec_group, int(out_val.shape[1]),
                                        out_val.dim() == 4)
-        info["output_action"] = ("assumed invariant: the output " +
-                                 ("is not equivariant" if user_out in broken else
-                                  "could not be checked"))
+        info["output_action"] = ("assumed invariant: the output " + (
+            "is not equivariant" + (f" (after the tap {tap})" if user_out in after_tap
+                                    else "") if user_out in broken else
+            "could not be checked"))
     spec = SymmetrySpec(spec_group, reps.reps, input_layout, output_layout, layouts, info={})
     spec.validate()
     info["discovery"] = {
@@ -493,7 +482,7 @@ def discover_layouts(program: torch.export.ExportedProgram, group: Group,
         "probes": int(len(x)), "tolerance": tol,
         "tensors_checked": len(tensors), "tensors_with_layout": len(layouts) - 1,
         "spatial_false": sorted(nm for nm, t in tensors.items()
-                                if t.spatial is False and nm in full),
+                                if nm in full and not t.view.spatial()),
         "tied_channels": {nm: t.ties for nm, t in tensors.items() if t.ties},
         "unchecked_tensors": unchecked, "stacked_layouts": stacked,
         "seconds": round(time.perf_counter() - t0, 3),
@@ -509,6 +498,10 @@ def discover_layouts(program: torch.export.ExportedProgram, group: Group,
         info["group_reduced"] = reduced
     if broken:
         info["broken_tensors"] = broken
+    if tap:
+        info["discovery"]["tap"] = tap
+        info["discovery"]["not_equivariant_after_tap"] = [nm for nm in broken
+                                                          if nm in after_tap]
     return spec, info
 
 
@@ -530,42 +523,55 @@ def export_plain(model: nn.Module | torch.jit.ScriptModule, example: torch.Tenso
     else:
         module = model.eval()
         info["trainable_parameters"] = int(sum(p.numel() for p in model.parameters()))
-        if rewrite:
-            module, done = rewrite_stacked_conv3d(module, example)
-            info["rewrites"] = [r.to_json() for r in done]
     try:
         program = _dynamic_export(module, example)
     except Exception as e:  # noqa: BLE001 - torch.export raises many types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EqdeployError(f"torch.export failed on the model's forward ({first[:200]})",
                             "keep forward free of data-dependent Python control flow") from e
+    info["source_multiply_adds"] = multiply_adds(program.graph)
     gm = program.module()
     drop_guards(gm)
-    folded = fold_constants(gm) if rewrite else []
-    merged = merge_field_batchnorm(gm) if rewrite else []
-    stacked = stacked_conv3d_to_conv2d(gm) if rewrite else 0
+    notes: list[dict] = []
+    if rewrite:
+        notes += [{"node": nm, "kind": "constant-folded", "note": "input-independent op "
+                   "evaluated once (filter bank) -> constant parameter"}
+                  for nm in fold_constants(gm)]
+        notes += [{"node": nm, "kind": "field batch norm -> 4D batch norm", "note": "5D "
+                   "batch_norm between reshapes, statistics repeated over each field"}
+                  for nm in merge_field_batchnorm(gm)]
+        fill_vals(gm)
+        counts = [(merge_stacked_convs(gm), "stacked convs -> one conv2d", "conv2d layers "
+                   "on one input (rotated kernels) stacked on a group axis -> one conv2d with "
+                   "the weights concatenated")]
+        notes += stacked_conv3d_to_grouped(gm)
+        counts.append((fold_bias_adds(gm), "bias add folded into conv", "a constant added "
+                       "after reshapes of a conv output (y + bias.view(1, C, 1, 1, 1)) -> "
+                       "the conv's bias"))
     converted = convolution_to_conv2d(gm)
     converted += rewrite_windows(gm, info) if rewrite else 0
-    pools = pool3d_to_pool2d(gm) if rewrite else 0
-    moved = activations_before_reshapes(gm) if rewrite else 0
-    if folded or merged or stacked or converted or pools or moved:
+    if rewrite:
+        counts += [
+            (pool3d_to_pool2d(gm), "pool3d(1,k,k)->pool2d", "5D pooling of each stacked copy "
+             "-> 2D pooling of the g-major (N, G*C, H, W) view"),
+            (activations_before_reshapes(gm), "activation before reshape", "reshape -> relu "
+             "became relu -> reshape, so the activation fuses into the conv before it"),
+            (cancel_round_trips(gm), "layout round trips cancelled", "inverse permute/"
+             "reshape pairs between per-copy layers removed (g-major order kept)"),
+            (reductions_before_views(gm), "reduction before view", "a keepdim "
+             "reduction of a permuted/unflattened tensor runs on the 4D tensor before it"),
+            (shuffles_into_convs(gm), "channel shuffle into conv", "c-major copies "
+             "reordered g-major by the conv that writes them (weight rows permuted)"),
+            (explicit_squeezes(gm), "squeeze() -> squeeze(dims)", "the size-1 axes at "
+             "export: a deployed batch of 1 keeps its batch axis")]
+        notes += [{"kind": kind, "count": count, "note": note}
+                  for count, kind, note in counts if count]
+    if notes or converted:
         program = _dynamic_export(gm, example)
-        info.setdefault("rewrites", []).extend(
-            {"node": nm, "kind": "constant-folded", "note": "input-independent op evaluated "
-             "once (filter bank) -> constant parameter"} for nm in folded)
-        info["rewrites"].extend(
-            {"node": nm, "kind": "field batch norm -> 4D batch norm", "note": "5D batch_norm "
-             "between reshapes, statistics repeated over each field"} for nm in merged)
-        info["rewrites"].extend(
-            {"kind": kind, "count": count, "note": note} for count, kind, note in [
-                (stacked, "conv3d(1,k,k)->conv2d", "graph-level: (1, k, k) conv3d over "
-                 "stacked copies -> block-diagonal conv2d"),
-                (pools, "pool3d(1,k,k)->pool2d", "5D pooling of each stacked copy -> 2D "
-                 "pooling of the (N, C*G, H, W) view"),
-                (moved, "activation before reshape", "reshape -> relu became relu -> "
-                 "reshape, so the activation fuses into the conv before it")] if count)
+    info["rewrites"] = info.get("rewrites", []) + notes
     info["export_seconds"] = round(time.perf_counter() - t0, 3)
     info["deployed_parameters"] = int(sum(p.numel() for p in program.state_dict.values()))
+    info["deployed_multiply_adds"] = multiply_adds(program.graph)
     info["input_shape"] = list(example.shape)
     return program, info
 
@@ -573,11 +579,12 @@ def export_plain(model: nn.Module | torch.jit.ScriptModule, example: torch.Tenso
 def discover_plain(model: nn.Module | torch.jit.ScriptModule | torch.export.ExportedProgram,
                    example: torch.Tensor, group_name: str, *, allow_broken: bool = False,
                    probes: int = 4, seed: int = 0, tol: float = DEFAULT_TOL,
-                   rewrite: bool = True) -> PlainModel:
+                   rewrite: bool = True, tap: str | None = None) -> PlainModel:
     """Export a plain-PyTorch/TorchScript group-equivariant model and discover its spec.
 
     An ``ExportedProgram`` (e.g. ``PlainModel.program`` of an e2cnn export) is used as is,
-    so the discovered ``spec.tensors`` use its node names.
+    so the discovered ``spec.tensors`` use its node names. ``tap``: a ``--tap`` layer
+    (module path or node name); layers after it need not be equivariant.
     """
     group = Group(group_name.strip().upper())
     if isinstance(model, torch.export.ExportedProgram):
@@ -585,7 +592,13 @@ def discover_plain(model: nn.Module | torch.jit.ScriptModule | torch.export.Expo
         info = {"framework": "torch.export", "input_shape": list(example.shape)}
     else:
         program, info = export_plain(model, example, rewrite=rewrite)
+    tap_node = None
+    if tap:
+        from eqdeploy.tap import resolve_tap
+
+        tap_node = resolve_tap(program, tap)
     spec, dinfo = discover_layouts(program, group, tuple(example.shape), probes=probes,
-                                   seed=seed, tol=tol, allow_broken=allow_broken)
+                                   seed=seed, tol=tol, allow_broken=allow_broken,
+                                   tap=tap_node)
     info.update(dinfo)
     return PlainModel(program, spec, example, info)

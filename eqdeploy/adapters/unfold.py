@@ -235,9 +235,9 @@ def rewrite_windows(gm: fx.GraphModule, info: dict | None = None) -> int:
             done.append(entry)
             gm.graph.eliminate_dead_code()
     if done:
-        from eqdeploy.adapters.rewrites import _remove_unused_attrs
+        from eqdeploy.adapters.rewrites import remove_unused_attrs
 
-        _remove_unused_attrs(gm)
+        remove_unused_attrs(gm)
         gm.recompile()
         if info is not None:
             info.setdefault("rewrites", []).extend(done)

@@ -20,6 +20,7 @@ the orbit-agnostic mode scales channels one by one, as AIMET does.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from eqdeploy.dfq.graph import (
@@ -29,6 +30,7 @@ from eqdeploy.dfq.graph import (
     expand,
     layers,
     links,
+    same_units,
     set_stats,
     stats_of,
     unit_max,
@@ -75,12 +77,13 @@ def triplet_scales(r1: torch.Tensor, r2: torch.Tensor, r3: torch.Tensor
     return _safe_ratio(r1, c), _safe_ratio(c, r3)
 
 
-def _unit_aligned(mid: Layer, slices: list[tuple[int, int]]) -> bool:
+def _unit_aligned(mid: Layer, slices: list[np.ndarray]) -> bool:
     """Does ``mid`` map every unit only to the same unit (groups nested in units)?"""
     if mid.in_channels != mid.out_channels or mid.groups == 1:
         return False
     cpg = mid.in_channels // mid.groups
-    return all(a % cpg == 0 and b % cpg == 0 for a, b in slices)
+    # a unit holds every channel of each conv group it touches
+    return all(len(idx) == cpg * len(np.unique(idx // cpg)) for idx in slices)
 
 
 def _items(pm: PlainModel, found_links: list[Link], orbit_agnostic: bool):
@@ -100,7 +103,8 @@ def _items(pm: PlainModel, found_links: list[Link], orbit_agnostic: bool):
             continue
         mid = lk.consumer
         nxt = slices.get(mid.node)
-        if nxt is not None and mid.node not in used and nxt[1] == sl and _unit_aligned(mid, sl):
+        if nxt is not None and mid.node not in used and same_units(nxt[1], sl) \
+                and _unit_aligned(mid, sl):
             items.append(("triplet", lk, nxt[0], sl))
             used.update({name, mid.node})
         else:

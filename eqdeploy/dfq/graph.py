@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import fx
 
@@ -254,33 +255,38 @@ def _is_relu6(node: fx.Node) -> bool:
 
 # --- units: fields, or channels in the orbit-agnostic mode --------------------------------
 def units(pm: PlainModel, node: str, channels: int, orbit_agnostic: bool
-          ) -> list[tuple[int, int]] | None:
-    """Channel ranges that must share one scale: the fields of ``node``'s layout.
+          ) -> list[np.ndarray] | None:
+    """Channels that must share one scale: the fields of ``node``'s layout (index arrays,
+    ``SymmetrySpec.field_channels``; fields may be strided).
 
     Per channel when ``orbit_agnostic``; None when the tensor has no layout (block-aware
     passes then leave it alone rather than guess).
     """
     if orbit_agnostic:
-        return [(i, i + 1) for i in range(channels)]
+        return [np.array([i]) for i in range(channels)]
     lay = pm.spec.tensors.get(node)
     if lay is None or lay.channels != channels:
         return None
-    return pm.spec.field_slices(lay)
+    return pm.spec.field_channels(lay)
 
 
-def unit_max(v: torch.Tensor, slices: list[tuple[int, int]]) -> torch.Tensor:
-    return torch.stack([v[a:b].max() for a, b in slices])
+def same_units(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-def unit_min(v: torch.Tensor, slices: list[tuple[int, int]]) -> torch.Tensor:
-    return torch.stack([v[a:b].min() for a, b in slices])
+def unit_max(v: torch.Tensor, slices: list[np.ndarray]) -> torch.Tensor:
+    return torch.stack([v[torch.as_tensor(idx)].max() for idx in slices])
 
 
-def expand(per_unit: torch.Tensor, slices: list[tuple[int, int]], channels: int
+def unit_min(v: torch.Tensor, slices: list[np.ndarray]) -> torch.Tensor:
+    return torch.stack([v[torch.as_tensor(idx)].min() for idx in slices])
+
+
+def expand(per_unit: torch.Tensor, slices: list[np.ndarray], channels: int
            ) -> torch.Tensor:
     out = torch.empty(channels, dtype=per_unit.dtype)
-    for (a, b), s in zip(slices, per_unit, strict=True):
-        out[a:b] = s
+    for idx, s in zip(slices, per_unit, strict=True):
+        out[torch.as_tensor(idx)] = s
     return out
 
 

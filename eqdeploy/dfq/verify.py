@@ -105,7 +105,7 @@ def interpolated_tap_error(pm: PlainModel, probes: np.ndarray, element: Element,
             continue
         a = moved[name].mean(axis=(2, 3)) if val.ndim == 4 else moved[name]
         b = (val.mean(axis=(2, 3)) if val.ndim == 4 else val)[:, perm]
-        errs = [np.linalg.norm(a[:, i:j] - b[:, i:j]) / max(np.linalg.norm(b[:, i:j]), 1e-30)
-                for i, j in spec.field_slices(lay)]
+        errs = [np.linalg.norm(a[:, f] - b[:, f]) / max(np.linalg.norm(b[:, f]), 1e-30)
+                for f in spec.field_channels(lay)]
         out[name] = float(np.mean(errs))
     return out

@@ -51,26 +51,29 @@ FIXED_OUTPUT = {aten.sigmoid.default: (1 / 256, -128), aten._softmax.default: (1
 
 
 def weight_scales(w: torch.Tensor, per_channel: bool,
-                  slices: list[tuple[int, int]] | None = None) -> torch.Tensor:
-    """Scale per output channel (equal within each slice; one value if per tensor)."""
+                  slices: list[np.ndarray] | None = None) -> torch.Tensor:
+    """Scale per output channel (equal within each field's channels, ``slices`` as from
+    ``SymmetrySpec.field_channels``; one value if per tensor)."""
     r = w.detach().abs().reshape(w.shape[0], -1).amax(1).double()
     if not per_channel:
         r = torch.full_like(r, float(r.max()))
     elif slices is not None:
-        for a, b in slices:
-            r[a:b] = r[a:b].max()
+        for idx in slices:
+            idx = torch.as_tensor(idx, dtype=torch.long)
+            r[idx] = r[idx].max()
     return torch.where(r > 0, r / 127.0, torch.ones_like(r))
 
 
 def weight_slices(pm, node: str, channels: int, orbit_shared: bool = True
-                  ) -> list[tuple[int, int]] | None:
-    """Fields of a layer's output (scales shared per field); one slice if no layout."""
+                  ) -> list[np.ndarray] | None:
+    """Channels of each field of a layer's output (scales shared per field); all channels
+    as one field if the output has no layout."""
     if not orbit_shared:
         return None
     lay = pm.spec.tensors.get(node)
     if lay is None or lay.channels != channels:
-        return [(0, channels)]
-    return pm.spec.field_slices(lay)
+        return [np.arange(channels)]
+    return pm.spec.field_channels(lay)
 
 
 def activation_qparams(lo: float, hi: float) -> tuple[float, int]:

@@ -448,9 +448,10 @@ def compare_qparams(path: str | Path, qp: QuantParams, spec=None) -> list[str]:
                        "are not symmetric")
         if spec is not None and spec.tensors.get(layer) is not None \
                 and spec.tensors[layer].channels == len(scales):
-            for a, b in spec.field_slices(spec.tensors[layer]):
-                if len(set(scales[a:b].tolist())) != 1:
-                    out.append(f"weight {layer}: scales differ inside field {a}:{b}")
+            for f in spec.field_channels(spec.tensors[layer]):
+                if len(set(scales[f].tolist())) != 1:
+                    out.append(f"weight {layer}: scales differ inside the field of "
+                               f"channels {f.tolist()}")
     return out
 
 
