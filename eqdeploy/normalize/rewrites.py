@@ -12,10 +12,10 @@ import operator
 from collections.abc import Callable
 
 import torch
-from torch import fx, nn
+from torch import fx
 
+from eqdeploy.adapters.rewrites import fold_bias_adds
 from eqdeploy.errors import EqdeployError
-from eqdeploy.fx_attrs import attr_tensor
 from eqdeploy.normalize.source import where
 
 aten = torch.ops.aten
@@ -292,74 +292,6 @@ def canonical_shapes(gm: fx.GraphModule) -> int:
     return changed
 
 
-# --- constants into the layer before them ---------------------------------------------
-def _per_channel_constant(gm: fx.GraphModule, const: torch.Tensor, out_shape: tuple,
-                          layer_shape: tuple) -> torch.Tensor | None:
-    """The per-output-channel vector of a constant added to a layer's output reshaped to
-    ``out_shape``, or None if it varies along another axis."""
-    dims = [1 if not isinstance(s, int) else int(s) for s in out_shape]
-    try:
-        full = torch.broadcast_to(const, dims)
-    except RuntimeError:
-        return None
-    if list(full.shape) != dims:
-        return None
-    base = [1 if not isinstance(s, int) else int(s) for s in layer_shape]
-    full = full.reshape(base)
-    per = full.reshape(base[0], base[1], -1)
-    if not torch.equal(per, per[:, :, :1].expand_as(per)):
-        return None
-    return per[0, :, 0].clone()
-
-
-def fold_constant_bias(gm: fx.GraphModule) -> int:
-    """``conv/linear -> reshapes -> + c`` (or ``- c``) with a constant ``c`` that is the same
-    at every position of each output channel (e.g. ``y + bias.view(1, C, 1, 1, 1)`` after a
-    5-D view) -> ``c`` added to the layer's bias (exact up to float rounding)."""
-    changed = 0
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in (aten.add.Tensor, aten.sub.Tensor):
-            continue
-        if node.kwargs.get("alpha", 1) != 1 or len(node.args) != 2:
-            continue
-        a, b = node.args
-        if node.target == aten.add.Tensor and attr_tensor(gm, a) is not None:
-            a, b = b, a
-        const = attr_tensor(gm, b)
-        if const is None or not isinstance(a, fx.Node) or len(a.users) != 1:
-            continue
-        layer, chain = a, []
-        while layer.target in RESHAPE_OPS and len(layer.users) == 1:
-            chain.append(layer)
-            layer = layer.args[0]
-        if layer.op != "call_function" or layer.target not in (aten.conv2d.default,
-                                                               aten.linear.default):
-            continue
-        if len(layer.users) != 1 or attr_tensor(gm, layer.args[1]) is None:
-            continue
-        vec = _per_channel_constant(gm, const.to(torch.float64), _shape(node), _shape(layer))
-        if vec is None:
-            continue
-        if node.target == aten.sub.Tensor:
-            vec = -vec
-        bias_node = layer.args[2] if len(layer.args) > 2 else layer.kwargs.get("bias")
-        old = attr_tensor(gm, bias_node)
-        new_bias = (vec if old is None else old.to(torch.float64) + vec).to(const.dtype)
-        name = f"_folded_bias_{layer.name}"
-        gm.register_parameter(name, nn.Parameter(new_bias.contiguous(), requires_grad=False))
-        with gm.graph.inserting_before(layer):
-            attr = gm.graph.get_attr(name)
-        attr.meta["val"] = new_bias
-        args = list(layer.args) + [None] * (3 - len(layer.args))
-        args[2] = attr
-        layer.args = tuple(args)
-        layer.kwargs = {k: v for k, v in layer.kwargs.items() if k != "bias"}
-        node.replace_all_uses_with(a)
-        gm.graph.erase_node(node)
-        changed += 1
-    return changed
-
-
 # --- activations the integer runtimes build from kernels they have ----------------------
 def decompose_activations(gm: fx.GraphModule) -> int:
     """``silu(x)`` -> ``x * sigmoid(x)``: integer runtimes have a LOGISTIC / QLinearSigmoid
@@ -389,6 +321,6 @@ REWRITES: list[tuple[str, Callable[[fx.GraphModule], int], str]] = [
     ("shape chains", canonical_shapes, "view/reshape/flatten/unflatten/squeeze/unsqueeze "
      "chains -> one reshape; transpose -> permute; permute chains composed"),
     ("activations", decompose_activations, "silu(x) -> x * sigmoid(x) (integer kernels)"),
-    ("constant biases", fold_constant_bias, "conv/linear (+ reshapes) + per-channel constant "
-     "-> the layer's bias"),
+    ("constant biases", fold_bias_adds, "conv (+ reshapes/permutes) + per-channel constant "
+     "-> the conv's bias"),
 ]

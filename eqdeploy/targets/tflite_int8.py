@@ -117,6 +117,34 @@ def tag_sources(gm: fx.GraphModule) -> int:
     return tagged
 
 
+# elementwise ops with int8 TFLite kernels that litert's PT2E quantizer leaves unannotated
+# (so they would run in float between a DEQUANTIZE and a QUANTIZE)
+UNARY_INT8 = {torch.ops.aten.elu.default, torch.ops.aten.leaky_relu.default,
+              torch.ops.aten.hardswish.default, torch.ops.aten.tanh.default}
+
+
+def _quantizer_cls(base):
+    """litert's PT2E quantizer, plus an annotation for the unary ops in ``UNARY_INT8`` whose
+    input is quantized (the parameters themselves are forced afterwards, as for all ops)."""
+    from litert_torch.quantize import pt2e_quantizer_utils as utils
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    class UnaryAwareQuantizer(base):
+        def annotate(self, model: fx.GraphModule) -> fx.GraphModule:
+            model = super().annotate(model)
+            config = self.global_config
+            for node in model.graph.nodes:
+                if node.op != "call_function" or node.target not in UNARY_INT8 \
+                        or utils._is_annotated([node]) or not isinstance(node.args[0], fx.Node):
+                    continue
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map={node.args[0]: utils.get_input_act_qspec(config)},
+                    output_qspec=utils.get_output_act_qspec(config), _annotated=True)
+            return model
+
+    return UnaryAwareQuantizer
+
+
 def emit_int8(plain: PlainModel, qp: QuantParams, path: Path, batch: int = 1,
               float_io: bool = False) -> dict:
     """Write a fully-integer .tflite of ``plain`` (BN folded) with ``qp``: int8 input and
@@ -135,7 +163,7 @@ def emit_int8(plain: PlainModel, qp: QuantParams, path: Path, batch: int = 1,
     from eqdeploy.targets.tflite_target import tflite_ops, with_metadata
 
     example = plain.example[:1].repeat(batch, 1, 1, 1)
-    quantizer = PT2EQuantizer().set_global(
+    quantizer = _quantizer_cls(PT2EQuantizer)().set_global(
         get_symmetric_quantization_config(is_per_channel=True))
     with contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory() as tmp:
         program = plain.static_program(batch)
