@@ -45,6 +45,15 @@ def _summary(report: dict) -> str:
                      + ("" if agree is None else f"  top-1 agree {agree:.3g}"))
     if eq.get("note"):
         lines.append(f"  {eq['note']}")
+    interp = eq.get("interpolated") or {}
+    for r in interp.get("rows", []):
+        agree, ratio = r.get("top1_agreement"), r.get("ratio_vs_fp32")
+        lines.append(f"  {r['element']:>6}  rel.err max {r['rel_err_max']:.3g}  mean "
+                     f"{r['rel_err_mean']:.3g}  interpolated {r['degrees']:g} deg"
+                     + ("" if ratio is None else f"  x{ratio:.3g} FP32")
+                     + ("" if agree is None else f"  top-1 agree {agree:.3g}"))
+    if interp.get("note"):
+        lines.append(f"  {interp['note']}")
     if probes["source"] == "synthetic":
         lines.append(f"  note: {probes['note']}")
     fid = report.get("fidelity")
