@@ -133,6 +133,12 @@ Exit status: 0 when every budget holds, 1 when one is violated or a file is malf
 @click.option("--max-p50-ms", type=float, default=None, help="Max median latency (ms).")
 @click.option("--max-p99-ms", type=float, default=None, help="Max p99 latency (ms).")
 @click.option("--max-size-bytes", type=int, default=None, help="Max artifact size (bytes).")
+@click.option("--max-interpolated-error", type=float, default=None,
+              help="Max relative error over the interpolated (non-exact) elements.")
+@click.option("--max-interpolated-error-ratio", type=float, default=None,
+              help="Max ratio of the artifact's interpolated error to FP32's, same element.")
+@click.option("--min-rotation-top1", type=float, default=None,
+              help="Min top-1 agreement of f(x) and f(g.x) over the interpolated elements.")
 def check(report, budget_file, **inline):
     """Compare a REPORT (JSON from bench) with budgets; exit 1 if any is violated.
 

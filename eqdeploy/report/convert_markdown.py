@@ -110,19 +110,17 @@ def _element_sections(report: dict) -> list[str]:
     if not elements:
         return []
     precision = {a["file"]: a for a in report["artifacts"]}
-    columns = [("source", source)]
-    ratio_of = []
-    for v in model_rows:
-        a = precision.get(v.get("artifact"))
-        if a is not None:
-            columns.append((f"{a['precision'].upper()} {a['target']}", v))
-            if a["precision"] == "int8":
-                ratio_of.append((f"INT8/FP32 {a['target']}", v))
+    arts = sorted(((precision[v["artifact"]], v) for v in model_rows
+                   if v.get("artifact") in precision),
+                  key=lambda av: (av[0]["target"], av[0]["precision"] != "fp32"))
+    columns = [("source", source)] + [(f"{a['precision'].upper()} {a['target']}", v)
+                                      for a, v in arts]
+    ratio_of = [(f"INT8/FP32 {a['target']}", v) for a, v in arts if a["precision"] == "int8"]
     lines = ["", "## Every group element", "",
              "Exact elements: error max (probes whose output changed at all). Interpolated "
              f"elements (no exact pixel action; {interp['method']} rotation about the grid "
-             f"centre inside the disc of radius {interp['mask_radius']:g} x the inscribed "
-             "one, applied to the probes before and after rotating): relative error max / "
+             f"centre inside a disc of {interp['mask_radius']:g} x the inscribed disc's "
+             "radius, applied to the probes before and after rotating): relative error max / "
              "mean over probes, top-1 agreement of f(x) and f(g.x), and the INT8 artifact's "
              "max error over its FP32 counterpart's at the same element.", "",
              "| element | degrees | action | " + " | ".join(c for c, _ in columns)

@@ -97,8 +97,8 @@ def interpolated_lines(interp: dict | None) -> list[str]:
     if not interp or not interp.get("rows"):
         return [] if not interp or not interp.get("note") else ["", f"> {interp['note']}"]
     lines = ["", f"### Interpolated elements (no exact pixel action: {interp['method']} "
-                 f"rotation inside a disc of radius {interp['mask_radius']:g} x the inscribed "
-                 "one)", "",
+                 f"rotation inside a disc of {interp['mask_radius']:g} x the inscribed disc's "
+                 "radius)", "",
              "Relative error of f(g.x) against rho_out(g) f(x) on the masked probes, next to "
              "the FP32 reference's at the same element and their ratio; top-1: f(x) and "
              "f(g.x) agree.", ""]
