@@ -1,0 +1,179 @@
+"""Interpolated rotations (45, 30, 22.5 degrees): FP32 vs INT8 at every group element, and
+block-aware vs orbit-agnostic DFQ on those errors.
+
+Each model is converted once per DFQ mode with ``eqdeploy convert --int8 --target all``
+(default data-free ranges, held-out MNIST digits as probes, input normalization given): the
+report's rows give, per element, the relative equivariance error of the source, of each
+FP32 artifact and of each INT8 artifact (interpolated elements: bilinear rotation inside
+the inscribed disc; exact ones: error and changed outputs), the INT8/FP32 ratio and the
+top-1 agreement of f(x) and f(g.x). Models: the equivariant MobileNetV2 over C8/C12/C16
+(random weights, BN gammas spread over 10**U(-1, 1) as in trained nets) and the reference
+residual net over C8 (trained on rotated MNIST) and C16 (random). Writes
+benchmarks/results/interpolated.json and .md with machine info.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/interpolated.py [--probes 32] [--models a,b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import dill
+import numpy as np
+import torch
+
+from eqdeploy.convert import ConvertOptions, convert
+from eqdeploy.datasets import load_mnist29
+from eqdeploy.dfq import DfqOptions
+from eqdeploy.harness.sysinfo import system_info
+from eqdeploy.models import mobilenet as M
+from eqdeploy.models import reference as R
+
+OUT = Path(__file__).parent / "results"
+SIZE = 33
+NORM = ([0.1307], [0.3081])
+MODELS = {
+    "mobilenet_c8": lambda: M.eq_mobilenet("C8", SIZE, imbalance=1.0),
+    "mobilenet_c12": lambda: M.eq_mobilenet("C12", SIZE, imbalance=1.0),
+    "mobilenet_c16": lambda: M.eq_mobilenet("C16", SIZE, imbalance=1.0),
+    "c8_residual": R.c8_residual,
+    "c16_residual": R.c16_residual,
+}
+MODES = {"block-aware": DfqOptions(), "orbit-agnostic": DfqOptions(orbit_agnostic=True)}
+
+
+def _digits(n: int) -> np.ndarray:
+    raw = load_mnist29("test", size=SIZE)[0][:n]
+    return ((raw - NORM[0][0]) / NORM[1][0]).astype(np.float32)
+
+
+def _elements(v: dict) -> dict[str, dict]:
+    return {r["element"]: r for r in [*v["equivariance"], *v.get("interpolated", [])]}
+
+
+def _summarize(name: str, mode: str, report: dict, seconds: float) -> dict:
+    """Per element: source, FP32 and INT8 per target; worst cases."""
+    arts = {a["file"]: a for a in report["artifacts"]}
+    source = report["verification"][0]
+    per = {}
+    for el, r in sorted(_elements(source).items(), key=lambda kv: kv[1]["degrees"]):
+        per[el] = {"degrees": r["degrees"], "exact": r["exact"],
+                   "source": {"rel_err_max": r["rel_err_max"], "rel_err_mean": r["rel_err_mean"]}}
+    for v in report["verification"]:
+        a = arts.get(v.get("artifact"))
+        if a is None:
+            continue
+        for el, r in _elements(v).items():
+            cell = {"rel_err_max": r["rel_err_max"], "rel_err_mean": r["rel_err_mean"]}
+            for k in ("changed", "top1_agreement", "ratio_vs_fp32"):
+                if r.get(k) is not None:
+                    cell[k] = r[k]
+            per[el][f"{a['precision']} {a['target']}"] = cell
+    int8 = [v for v in report["verification"] if arts.get(v.get("artifact"), {})
+            .get("precision") == "int8"]
+    interp = [r for v in int8 for r in v["interpolated"]]
+    return {
+        "model": name, "group": report["model"]["group"], "dfq": mode, "seconds": round(seconds, 1),
+        "elements": per,
+        "int8_top1_vs_source": min(v["top1_agreement_vs_source"] for v in int8),
+        "int8_exact_changed_max": max((r["changed"] for v in int8 for r in v["equivariance"]),
+                                      default=None),
+        "int8_exact_err_max": max((r["rel_err_max"] for v in int8 for r in v["equivariance"]),
+                                  default=None),
+        "int8_interp_err_max": max(r["rel_err_max"] for r in interp),
+        "ratio_max": max(r["ratio_vs_fp32"] for r in interp),
+        "rotation_top1_min": min(r["top1_agreement"] for r in interp),
+    }
+
+
+def run(names: list[str], n_probes: int) -> list[dict]:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        probes = Path(tmp) / "digits.npz"
+        np.savez(probes, inputs=_digits(n_probes))
+        for name in names:
+            path = Path(tmp) / f"{name}.pt"
+            torch.save(MODELS[name](), path, pickle_module=dill)
+            for mode, dfq in MODES.items():
+                opts = ConvertOptions(targets=["onnx", "tflite"], outdir=Path(tmp) / name / mode,
+                                      input_shape=(1, 1, SIZE, SIZE), int8=True, probes=n_probes,
+                                      probe_inputs=probes, input_norm=NORM, dfq=dfq)
+                t0 = time.perf_counter()
+                report = convert(path, opts)
+                row = _summarize(name, mode, report, time.perf_counter() - t0)
+                results.append(row)
+                print(f"{name:14} {mode:15} INT8 interp. err {row['int8_interp_err_max']:.3f} "
+                      f"x{row['ratio_max']:.3f} FP32, rotation top-1 {row['rotation_top1_min']:.2f}"
+                      f", exact changed {row['int8_exact_changed_max']} "
+                      f"({row['seconds']} s)", flush=True)
+    return results
+
+
+def _e(v) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def markdown(results: list[dict], machine: dict, n_probes: int) -> str:
+    lines = ["# Interpolated rotations: FP32 vs INT8 per group element", "",
+             f"Machine: {machine.get('cpu_model')}, {machine.get('cores')} cores; "
+             f"{n_probes} held-out MNIST digits (33x33, normalized) as probes; "
+             "`eqdeploy convert --int8 --target all` with default data-free ranges. "
+             "Command: `PYTHONPATH=. python benchmarks/interpolated.py`.", "",
+             "Interpolated elements: bilinear rotation about the grid centre, inputs masked "
+             "to the inscribed disc before and after rotating; relative logit error "
+             "`||f(g.x) - f(x)|| / ||f(x)||` max (mean) over probes; ratio = INT8 max / FP32 "
+             "max (same target, same probes); top-1 = f(x) and f(g.x) agree. Exact elements: "
+             "error max and probes whose output changed at all.", "",
+             "## Summary (worst over elements and both targets)", "",
+             "| model | group | DFQ | INT8 top-1 vs FP32 | INT8 interp. error max | INT8/FP32 "
+             "max | rotation top-1 min | exact: error max, changed max |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['model']} | {r['group']} | {r['dfq']} | "
+                     f"{r['int8_top1_vs_source']:.3f} | {_e(r['int8_interp_err_max'])} | "
+                     f"{r['ratio_max']:.3f} | {r['rotation_top1_min']:.3f} | "
+                     f"{_e(r['int8_exact_err_max'])}, {r['int8_exact_changed_max']} |")
+    for r in results:
+        cols = [k for k in next(iter(r["elements"].values())) if " " in k]
+        lines += ["", f"## {r['model']} ({r['group']}), {r['dfq']} DFQ", "",
+                  "| element | degrees | source | " + " | ".join(cols) + " |",
+                  "|---|---|---|" + "---|" * len(cols)]
+        for el, e in r["elements"].items():
+            cells = []
+            for c in cols:
+                x = e.get(c)
+                if x is None:
+                    cells.append("-")
+                elif e["exact"]:
+                    cells.append(f"{_e(x['rel_err_max'])} ({x.get('changed')} changed)")
+                else:
+                    cells.append(f"{_e(x['rel_err_max'])} ({_e(x['rel_err_mean'])})"
+                                 + (f" x{x['ratio_vs_fp32']:.3f}" if "ratio_vs_fp32" in x else "")
+                                 + f", top-1 {x.get('top1_agreement', 0):.2f}")
+            src = e["source"]
+            lines.append(f"| {el} | {e['degrees']:g} | {_e(src['rel_err_max'])} "
+                         f"({_e(src['rel_err_mean'])}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--probes", type=int, default=32)
+    ap.add_argument("--models", default=",".join(MODELS))
+    args = ap.parse_args()
+    names = args.models.split(",")
+    results = run(names, args.probes)
+    machine = system_info()
+    OUT.mkdir(exist_ok=True)
+    (OUT / "interpolated.json").write_text(json.dumps(
+        {"machine": machine, "probes": args.probes, "results": results}, indent=1))
+    (OUT / "interpolated.md").write_text(markdown(results, machine, args.probes))
+    print(f"wrote {OUT / 'interpolated.md'}")
+
+
+if __name__ == "__main__":
+    main()
