@@ -23,7 +23,7 @@ import numpy as np
 
 from eqdeploy.errors import EqdeployError
 from eqdeploy.groups import Element
-from eqdeploy.harness.rotate import METHOD, disc_mask, masked, rotate_element
+from eqdeploy.harness.rotate import METHOD, disc_mask, masked, ring_fill, rotate_element
 from eqdeploy.spec import SymmetrySpec
 
 
@@ -93,7 +93,8 @@ def interpolated_elements(spec: SymmetrySpec) -> list[Element]:
 
 @dataclass(frozen=True)
 class InterpolatedInputs:
-    """The masked probes ``M x`` and, per element, ``M g(M x)`` (interpolated)."""
+    """The masked probes ``M x`` and, per element, ``M g(M x)`` (interpolated; outside the
+    disc each probe keeps its ring fill, ``rotate.ring_fill``)."""
 
     elements: tuple[Element, ...]
     masked: np.ndarray
@@ -123,7 +124,8 @@ def interpolated_inputs(spec: SymmetrySpec, probes: np.ndarray,
     if not mask.any():
         raise _cannot(f"the mask (radius {spec.mask_radius}) covers no pixel of the "
                       f"{probes.shape[-2]}x{probes.shape[-1]} input", "use a larger mask radius")
-    x = masked(probes, spec.mask_radius)
+    fill = ring_fill(probes, spec.mask_radius)
+    x = masked(probes, spec.mask_radius, fill)
     inside = probes[..., mask].reshape(len(probes), -1)
     flat = np.flatnonzero(np.ptp(inside, axis=1) == 0)
     if len(flat):
@@ -135,8 +137,8 @@ def interpolated_inputs(spec: SymmetrySpec, probes: np.ndarray,
         if perm is None:
             raise _cannot("the input layout has no channel permutation for "
                           f"{g.name}", "the input must be trivial or permutation fields")
-        rotated.append(np.ascontiguousarray(masked(rotate_element(x, g), spec.mask_radius)
-                                            [:, perm]))
+        rotated.append(np.ascontiguousarray(
+            masked(rotate_element(x, g), spec.mask_radius, fill)[:, perm]))
     out = InterpolatedInputs(tuple(elements), x, tuple(rotated))
     if len(_INPUT_CACHE) >= 4:
         _INPUT_CACHE.pop(next(iter(_INPUT_CACHE)))
