@@ -28,7 +28,9 @@ import torch
 
 from eqdeploy.convert import ConvertOptions, convert
 from eqdeploy.datasets import load_mnist29
-from eqdeploy.dfq import DfqOptions
+from eqdeploy.dfq import DfqOptions, equalize, fold_batchnorm
+from eqdeploy.dfq.verify import interpolated_tap_error
+from eqdeploy.export import export_equivariant
 from eqdeploy.harness.sysinfo import system_info
 from eqdeploy.models import mobilenet as M
 from eqdeploy.models import reference as R
@@ -48,6 +50,22 @@ MODES = {"block-aware": DfqOptions(), "orbit-agnostic": DfqOptions(orbit_agnosti
 
 def _digits(n: int) -> np.ndarray:
     return load_mnist29("test", size=SIZE)[0][:n]  # normalized, background padding
+
+
+def _field_structure(model, probes: np.ndarray) -> dict[str, float]:
+    """Worst per-field interpolated error at an intermediate tensor after CLE (FP32: the
+    logits are the same function either way; the fields inside are not), block-aware and
+    orbit-agnostic, next to the folded graph's own."""
+    pm = export_equivariant(model, torch.zeros(1, 1, SIZE, SIZE))
+    folded, _ = fold_batchnorm(pm)
+    r1 = pm.spec.group.element("r1")
+    base = interpolated_tap_error(folded, probes, r1)
+    out = {"folded": max(base.values())}
+    for mode, agnostic in (("block-aware", False), ("orbit-agnostic", True)):
+        errs = interpolated_tap_error(equalize(folded, agnostic)[0], probes, r1)
+        out[mode] = max(errs.values())
+        out[f"{mode} increase"] = max(errs[k] - base[k] for k in errs)
+    return out
 
 
 def _elements(v: dict) -> dict[str, dict]:
@@ -96,7 +114,10 @@ def run(names: list[str], n_probes: int) -> list[dict]:
         np.savez(probes, inputs=_digits(n_probes))
         for name in names:
             path = Path(tmp) / f"{name}.pt"
-            torch.save(MODELS[name](), path, pickle_module=dill)
+            model = MODELS[name]()
+            torch.save(model, path, pickle_module=dill)
+            fields = _field_structure(model, _digits(8))
+            print(f"{name:14} CLE field structure (FP32, r1): {fields}", flush=True)
             for mode, dfq in MODES.items():
                 opts = ConvertOptions(targets=["onnx", "tflite"], outdir=Path(tmp) / name / mode,
                                       input_shape=(1, 1, SIZE, SIZE), int8=True, probes=n_probes,
@@ -104,6 +125,8 @@ def run(names: list[str], n_probes: int) -> list[dict]:
                 t0 = time.perf_counter()
                 report = convert(path, opts)
                 row = _summarize(name, mode, report, time.perf_counter() - t0)
+                row["cle_field_error"] = {"folded": fields["folded"], mode: fields[mode],
+                                          "increase": fields[f"{mode} increase"]}
                 results.append(row)
                 print(f"{name:14} {mode:15} INT8 interp. err {row['int8_interp_err_max']:.3f} "
                       f"x{row['ratio_max']:.3f} FP32, rotation top-1 {row['rotation_top1_min']:.2f}"
@@ -126,16 +149,24 @@ def markdown(results: list[dict], machine: dict, n_probes: int) -> str:
              "to the inscribed disc before and after rotating; relative logit error "
              "`||f(g.x) - f(x)|| / ||f(x)||` max (mean) over probes; ratio = INT8 max / FP32 "
              "max (same target, same probes); top-1 = f(x) and f(g.x) agree. Exact elements: "
-             "error max and probes whose output changed at all.", "",
+             "error max and probes whose output changed at all. CLE field error: "
+             "`dfq.verify.interpolated_tap_error` at r1 on the FP32 graph, worst over "
+             "intermediate tensors of the mean over fields of the channel-averaged error "
+             "(equalization leaves the logits' function unchanged; this shows whether the "
+             "fields inside still rotate into each other).", "",
              "## Summary (worst over elements and both targets)", "",
              "| model | group | DFQ | INT8 top-1 vs FP32 | INT8 interp. error max | INT8/FP32 "
-             "max | rotation top-1 min | exact: error max, changed max |",
-             "|---|---|---|---|---|---|---|---|"]
+             "max | rotation top-1 min | exact: error max, changed max | CLE field error "
+             "(FP32, r1): folded -> after CLE, worst increase at a tensor |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['model']} | {r['group']} | {r['dfq']} | "
                      f"{r['int8_top1_vs_source']:.3f} | {_e(r['int8_interp_err_max'])} | "
                      f"{r['ratio_max']:.3f} | {r['rotation_top1_min']:.3f} | "
-                     f"{_e(r['int8_exact_err_max'])}, {r['int8_exact_changed_max']} |")
+                     f"{_e(r['int8_exact_err_max'])}, {r['int8_exact_changed_max']} | "
+                     f"{_e(r['cle_field_error']['folded'])} -> "
+                     f"{_e(r['cle_field_error'][r['dfq']])}, "
+                     f"+{_e(r['cle_field_error']['increase'])} |")
     for r in results:
         cols = [k for k in next(iter(r["elements"].values())) if " " in k]
         lines += ["", f"## {r['model']} ({r['group']}), {r['dfq']} DFQ", "",

@@ -187,7 +187,7 @@ def interpolated_table(f: Callable[[np.ndarray], np.ndarray], spec: SymmetrySpec
                           f"zero{' inside the mask' if spec.output.spatial else ''}",
                           "use probes with content (--probes FILE) or a larger mask radius")
         err = _per_sample_norm(y_g - expect) / norms
-        row = {"element": g.name, "degrees": g.degrees, "exact": False, "interpolated": True,
+        row = {"element": g.name, "degrees": g.degrees, "exact": g.exact, "interpolated": True,
                "method": METHOD, "mask_radius": spec.mask_radius,
                "rel_err_max": float(err.max()), "rel_err_mean": float(err.mean()),
                "probes": len(probes), "per_probe": [float(e) for e in err]}
