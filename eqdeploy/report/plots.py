@@ -31,7 +31,8 @@ def element_bars(plt, path: Path, title: str, elements: list[dict],
     """Grouped bars (log scale): one group per element, one bar per series (None: no bar);
     interpolated elements are marked under their tick, an element's ``note`` (e.g. the
     changed-output count) above its group."""
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(elements) * max(1, len(series))), 3.8))
+    width_in = min(12.0, max(6.0, 2.0 + 0.25 * len(elements) * max(1, len(series))))
+    fig, ax = plt.subplots(figsize=(width_in, 3.8))
     width = 0.8 / max(1, len(series))
     xs = list(range(len(elements)))
     for i, (label, values) in enumerate(series.items()):
@@ -53,7 +54,7 @@ def element_bars(plt, path: Path, title: str, elements: list[dict],
     ax.set_yscale("log")
     ax.set_ylabel("rel. error ||f(g·x) − ρ(g) f(x)|| / ||f(x)||", fontsize=8)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -117,9 +118,11 @@ def convert_series(report: dict) -> tuple[list[dict], dict] | None:
     """Elements and series of a convert report: the source model, then each artifact of the
     model (not its tap) labelled by precision and target; max over probes."""
     precision = {a["file"]: (a["precision"], a["target"]) for a in report["artifacts"]}
-    rows = [v for v in report["verification"]
-            if not v.get("tap") and (v is report["verification"][0] or v.get("artifact"))]
-    first = rows[0]
+    first = report["verification"][0]
+    arts = sorted((v for v in report["verification"]
+                   if not v.get("tap") and v.get("artifact") in precision),
+                  key=lambda v: (precision[v["artifact"]][1], precision[v["artifact"]][0]))
+    rows = [first, *arts]
     per_element = sorted([*first["equivariance"], *first.get("interpolated", [])],
                          key=lambda r: (r["element"].startswith("f"), r["degrees"]))
     if not per_element:
@@ -130,9 +133,8 @@ def convert_series(report: dict) -> tuple[list[dict], dict] | None:
     for v in rows:
         errs = {r["element"]: r["rel_err_max"]
                 for r in [*v["equivariance"], *v.get("interpolated", [])]}
-        label = "source" if v is first else " ".join(precision.get(v["artifact"], ("?", "?")))
-        series[label.replace("int8", "INT8").replace("fp32", "FP32")] = \
-            [errs.get(e["element"]) for e in elements]
+        label = "source" if v is first else " ".join(precision[v["artifact"]]).upper()
+        series[label] = [errs.get(e["element"]) for e in elements]
     return elements, series
 
 
@@ -145,6 +147,7 @@ def write_convert_plots(report: dict, out_dir: str | Path, stem: str) -> dict:
     if series is None:
         return {"available": True, "files": [], "note": "no group element to plot"}
     name = f"{stem}.equivariance.png"
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     element_bars(plt, Path(out_dir) / name, f"{stem}: equivariance error per element "
                  f"({report['model']['group']}), source vs artifacts", *series)
     return {"available": True, "files": [name], "note": None}
