@@ -284,6 +284,10 @@ def verify(artifact, probes, json_out):
         for r in eq["rows"]:
             click.echo(f"  {r['element']:<6} rel. error {r['rel_err_max']:.2e}   "
                        f"changed {r['changed']}/{r['probes']}")
+        for r in (eq.get("interpolated") or {}).get("rows", []):  # measured, not gated here
+            ratio = r.get("ratio_vs_fp32")
+            click.echo(f"  {r['element']:<6} rel. error {r['rel_err_max']:.2e}   interpolated "
+                       f"{r['degrees']:g} deg" + ("" if ratio is None else f", {ratio:.2f} x FP32"))
         fid = report.get("fidelity")
         if fid:
             click.echo(f"  vs FP32 reference: rel. error {fid['rel_err_max']:.2e}")
