@@ -2,16 +2,19 @@
 block-aware vs orbit-agnostic DFQ on those errors.
 
 Each model is converted once per DFQ mode with ``eqdeploy convert --int8 --target all``
-(default data-free ranges, held-out MNIST digits as probes, input normalization given): the
+(ranges calibrated on the 512 bundled MNIST calibration digits, or with ``--data-free`` the
+default distilled data-free ranges; held-out MNIST digits as probes, input normalization
+given): the
 report's rows give, per element, the relative equivariance error of the source, of each
 FP32 artifact and of each INT8 artifact (interpolated elements: bilinear rotation inside
 the inscribed disc; exact ones: error and changed outputs), the INT8/FP32 ratio and the
 top-1 agreement of f(x) and f(g.x). Models: the equivariant MobileNetV2 over C8/C12/C16
 (random weights, BN gammas spread over 10**U(-1, 1) as in trained nets) and the reference
 residual net over C8 (trained on rotated MNIST) and C16 (random). Writes
-benchmarks/results/interpolated.json and .md with machine info.
+benchmarks/results/interpolated.json and .md (``interpolated_data_free.*`` with
+``--data-free``) with machine info.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/interpolated.py [--probes 32] [--models a,b]
+    PYTHONPATH=. .venv/bin/python benchmarks/interpolated.py [--data-free] [--probes 32]
 """
 
 from __future__ import annotations
@@ -107,11 +110,14 @@ def _summarize(name: str, mode: str, report: dict, seconds: float) -> dict:
     }
 
 
-def run(names: list[str], n_probes: int) -> list[dict]:
+def run(names: list[str], n_probes: int, data_free: bool) -> list[dict]:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         probes = Path(tmp) / "digits.npz"
         np.savez(probes, inputs=_digits(n_probes))
+        calib = None if data_free else Path(tmp) / "calib.npz"
+        if calib is not None:
+            np.savez(calib, inputs=load_mnist29("calib", size=SIZE)[0])
         for name in names:
             path = Path(tmp) / f"{name}.pt"
             model = MODELS[name]()
@@ -121,7 +127,8 @@ def run(names: list[str], n_probes: int) -> list[dict]:
             for mode, dfq in MODES.items():
                 opts = ConvertOptions(targets=["onnx", "tflite"], outdir=Path(tmp) / name / mode,
                                       input_shape=(1, 1, SIZE, SIZE), int8=True, probes=n_probes,
-                                      probe_inputs=probes, input_norm=NORM, dfq=dfq)
+                                      probe_inputs=probes, input_norm=NORM, dfq=dfq,
+                                      calibration=calib)
                 t0 = time.perf_counter()
                 report = convert(path, opts)
                 row = _summarize(name, mode, report, time.perf_counter() - t0)
@@ -139,12 +146,14 @@ def _e(v) -> str:
     return "-" if v is None else f"{v:.3g}"
 
 
-def markdown(results: list[dict], machine: dict, n_probes: int) -> str:
+def markdown(results: list[dict], machine: dict, n_probes: int, data_free: bool) -> str:
+    ranges = ("default data-free (distilled) ranges" if data_free else
+              "ranges calibrated on the 512 bundled MNIST calibration digits")
     lines = ["# Interpolated rotations: FP32 vs INT8 per group element", "",
              f"Machine: {machine.get('cpu_model')}, {machine.get('cores')} cores; "
              f"{n_probes} held-out MNIST digits (33x33, normalized) as probes; "
-             "`eqdeploy convert --int8 --target all` with default data-free ranges. "
-             "Command: `PYTHONPATH=. python benchmarks/interpolated.py`.", "",
+             f"`eqdeploy convert --int8 --target all` with {ranges}. Command: `PYTHONPATH=. "
+             f"python benchmarks/interpolated.py{' --data-free' if data_free else ''}`.", "",
              "Interpolated elements: bilinear rotation about the grid centre, inputs masked "
              "to the inscribed disc before and after rotating; relative logit error "
              "`||f(g.x) - f(x)|| / ||f(x)||` max (mean) over probes; ratio = INT8 max / FP32 "
@@ -194,15 +203,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--probes", type=int, default=32)
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--data-free", action="store_true",
+                    help="default data-free ranges instead of the MNIST calibration digits")
     args = ap.parse_args()
     names = args.models.split(",")
-    results = run(names, args.probes)
+    results = run(names, args.probes, args.data_free)
     machine = system_info()
     OUT.mkdir(exist_ok=True)
-    (OUT / "interpolated.json").write_text(json.dumps(
-        {"machine": machine, "probes": args.probes, "results": results}, indent=1))
-    (OUT / "interpolated.md").write_text(markdown(results, machine, args.probes))
-    print(f"wrote {OUT / 'interpolated.md'}")
+    stem = "interpolated_data_free" if args.data_free else "interpolated"
+    (OUT / f"{stem}.json").write_text(json.dumps(
+        {"machine": machine, "probes": args.probes, "data_free": args.data_free,
+         "results": results}, indent=1))
+    (OUT / f"{stem}.md").write_text(markdown(results, machine, args.probes, args.data_free))
+    print(f"wrote {OUT / f'{stem}.md'}")
 
 
 if __name__ == "__main__":
