@@ -76,6 +76,12 @@ def test_mask_fill_and_radius():
     x = np.full((1, 1, 9, 9), 3.0, np.float32)
     x[..., 4, 4] = 10.0
     assert ring_fill(x, 1.0).item() == 3.0  # the outer ring only, not the centre
+    y = np.random.default_rng(0).standard_normal((2, 3, 33, 33)).astype(np.float32)
+    d = np.hypot(*np.meshgrid(np.arange(33) - 16, np.arange(33) - 16, indexing="ij"))
+    for radius in (1.0, 0.9, 0.5, 0.07):  # the one-pixel ring inside radius * 16 pixels
+        ring = (d <= radius * 16 + 1e-9) & (d > radius * 16 - 1 + 1e-9)
+        assert ring.sum() >= 4
+        assert np.allclose(ring_fill(y, radius)[..., 0, 0], y[..., ring].mean(-1), atol=1e-6)
     assert masked(x, 1.0, 7.0)[0, 0, 0, 0] == 7.0
     with pytest.raises(EqdeployError, match="mask radius"):
         disc_mask(5, 5, 0.0)

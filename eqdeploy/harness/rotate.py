@@ -113,5 +113,6 @@ def ring_fill(x: np.ndarray, mask_radius: float) -> np.ndarray:
     h, w = x.shape[-2:]
     disc = disc_mask(h, w, mask_radius)
     r = mask_radius * (min(h, w) - 1) / 2
-    ring = disc & ~disc_mask(h, w, (r - 1) / r) if r > 1 else disc
+    ring = disc & ~disc_mask(h, w, mask_radius * (r - 1) / r) if r > 1 else disc
+    ring = ring if ring.any() else disc
     return x[..., ring].mean(axis=-1)[..., None, None].astype(x.dtype)
