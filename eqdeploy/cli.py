@@ -147,10 +147,14 @@ Examples:
                    "logits have no group action. Writes <name>.tap.<ext> beside the model.")
 @click.option("--allow-misaligned", is_flag=True,
               help="Convert even if the input size makes 90-degree rotations inexact.")
+@click.option("--mask-radius", type=float, default=None, metavar="FRACTION",
+              help="Disc inside which rotations without an exact pixel action (45, 30 "
+                   "degrees...) are measured, as a fraction of the inscribed disc "
+                   "[default: 1.0].")
 def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, float_io,
             calibration, data_free,
             input_norm, no_dfq, no_cle, no_absorb, no_bias_correction, orbit_agnostic,
-            probe_inputs, n_probes, tap, allow_misaligned, allow_broken):
+            probe_inputs, n_probes, tap, allow_misaligned, allow_broken, mask_radius):
     """Convert an equivariant MODEL to a plain conv network and write verified artifacts.
 
     MODEL is a whole pickled model (torch.save(model), pickle/dill/cloudpickle: unpickling
@@ -165,6 +169,7 @@ def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, f
     from eqdeploy.convert import ConvertOptions
     from eqdeploy.convert import convert as run_convert
     from eqdeploy.dfq import DfqOptions
+    from eqdeploy.report.convert_markdown import interpolated_brief
 
     targets = ["onnx", "tflite"] if target == "all" else [target]
     dfq = DfqOptions(enabled=not no_dfq, cle=not no_cle, absorb=not no_absorb,
@@ -179,7 +184,7 @@ def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, f
                           data_free=data_free,
                           input_norm=_parse_norm(input_norm),
                           probe_inputs=Path(probe_inputs) if probe_inputs else None, dfq=dfq,
-                          tap=tap)
+                          tap=tap, mask_radius=mask_radius)
     start = time.perf_counter()
 
     def progress(msg: str) -> None:
@@ -201,7 +206,7 @@ def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, f
             line += f"   changed {max(r['changed'] for r in eq)}/{eq[0]['probes']}"
         if int8 and v.get("top1_agreement_vs_source") is not None:
             line += f"   top-1 vs source {v['top1_agreement_vs_source']:.3f}"
-        click.echo(line)
+        click.echo(line + interpolated_brief(v))
     for a in report["artifacts"]:
         click.echo(f"wrote {Path(outdir) / a['file']} ({a['bytes']} bytes)")
     name = Path(model).stem
@@ -279,6 +284,10 @@ def verify(artifact, probes, json_out):
         for r in eq["rows"]:
             click.echo(f"  {r['element']:<6} rel. error {r['rel_err_max']:.2e}   "
                        f"changed {r['changed']}/{r['probes']}")
+        for r in (eq.get("interpolated") or {}).get("rows", []):  # measured, not gated here
+            ratio = r.get("ratio_vs_fp32")
+            click.echo(f"  {r['element']:<6} rel. error {r['rel_err_max']:.2e}   interpolated "
+                       f"{r['degrees']:g} deg" + ("" if ratio is None else f", {ratio:.2f} x FP32"))
         fid = report.get("fidelity")
         if fid:
             click.echo(f"  vs FP32 reference: rel. error {fid['rel_err_max']:.2e}")

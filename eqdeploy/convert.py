@@ -26,8 +26,15 @@ from eqdeploy.dfq import DfqOptions, fold_batchnorm, run_dfq
 from eqdeploy.errors import EqdeployError
 from eqdeploy.export import PlainModel, detect_framework, export_equivariant
 from eqdeploy.harness.bench import sha256_file
-from eqdeploy.harness.equivariance import equivariance_table, relative_error
+from eqdeploy.harness.equivariance import (
+    equivariance_table,
+    interpolated_elements,
+    interpolated_table,
+    reference_npz,
+    relative_error,
+)
 from eqdeploy.harness.probes import PROBES_SUFFIX
+from eqdeploy.harness.rotate import METHOD, disc_mask
 from eqdeploy.harness.runtime import open_artifact, read_spec, sidecar_path
 from eqdeploy.harness.sysinfo import system_info
 from eqdeploy.input_norm import read_input_norm
@@ -40,6 +47,7 @@ from eqdeploy.quantize.distill import distill_inputs, has_batchnorm
 from eqdeploy.quantize.params import QuantParams, compute_qparams
 from eqdeploy.quantize.simulate import simulate_with
 from eqdeploy.report.convert_markdown import convert_markdown
+from eqdeploy.report.plots import write_convert_plots
 from eqdeploy.spec import opaque_layout
 from eqdeploy.tap import follow_tap, renamed_params, resolve_tap, truncate
 from eqdeploy.targets import TARGETS, target_module
@@ -72,6 +80,7 @@ class ConvertOptions:
     input_norm: tuple[list[float], list[float]] | None = None  # pixel mean, std
     dfq: DfqOptions = field(default_factory=DfqOptions)
     tap: str | None = None  # module path whose output gets its own verified artifacts
+    mask_radius: float | None = None  # interpolated elements' disc [default: the spec's, 1.0]
 
 
 def _first_input_channels(module: torch.nn.Module) -> int | None:
@@ -92,12 +101,16 @@ def _torch_fn(module: Callable) -> Callable[[np.ndarray], np.ndarray]:
     return run
 
 
-def _runtime_row(name: str, version: str, f, spec, probes, source_out, raw=None) -> dict:
+def _runtime_row(name: str, version: str, f, spec, probes, source_out, raw=None,
+                 fp32: list[dict] | None = None) -> dict:
+    """Exact elements (``equivariance``), interpolated ones (``interpolated``; with ``fp32``,
+    an FP32 counterpart's interpolated rows, each gets the ratio to it) and fidelity."""
     y = f(probes)
     rows = equivariance_table(f, spec, probes, f_probes=y, raw=raw)
+    interp = interpolated_table(f, spec, probes, reference=fp32, where=name)
     scale = float(np.abs(source_out).max()) or 1.0
     classifier = y.ndim == 2 and y.shape[1] > 1
-    return {"runtime": name, "version": version, "equivariance": rows,
+    return {"runtime": name, "version": version, "equivariance": rows, "interpolated": interp,
             "max_abs_err_vs_source": float(np.abs(y - source_out).max()),
             "rel_err_vs_source": float(np.abs(y - source_out).max() / scale),
             "rel_err_vs_source_l2": float(relative_error(y, source_out).max()),
@@ -233,13 +246,17 @@ def _emit_artifact(target: str, path: Path, job: _Emission, probes: np.ndarray,
     info32["seconds"] = round(time.perf_counter() - t, 2)
     info["fp32_file"], info["fp32_bytes"] = fp32.name, fp32.stat().st_size
     info["size_ratio_vs_fp32"] = round(path.stat().st_size / fp32.stat().st_size, 4)
-    return [_verified(target, path, job, info, probes, options, batch, quant=True),
-            _verified(target, fp32, job, info32, probes, options, batch, quant=False)]
+    pair32 = _verified(target, fp32, job, info32, probes, options, batch, quant=False)
+    return [_verified(target, path, job, info, probes, options, batch, quant=True,
+                      fp32=pair32[1]), pair32]
 
 
 def _verified(target: str, path: Path, job: _Emission, info: dict, probes: np.ndarray,
-              options: ConvertOptions, batch: int, quant: bool) -> tuple[dict, dict]:
-    """Open a written artifact, check its manifest, verify it; write sidecar and probes."""
+              options: ConvertOptions, batch: int, quant: bool, fp32: dict | None = None
+              ) -> tuple[dict, dict]:
+    """Open a written artifact, check its manifest, verify it; write sidecar and probes.
+    ``fp32``: the verified row of the INT8 artifact's FP32 counterpart (interpolated ratios,
+    and the reference errors its probe file carries for ``bench``)."""
     runner = open_artifact(path)
     deployed = job.quant_model.spec if quant else job.plain.spec
     if read_spec(path, runner).to_json() != deployed.to_json():
@@ -248,14 +265,17 @@ def _verified(target: str, path: Path, job: _Emission, info: dict, probes: np.nd
     reference = job.reference if quant else job.fp32_reference
     raw = (lambda a, r=runner: r.run_raw(r.quantize_input(a))) if quant else None
     row = _runtime_row(runner.runtime, runner.runtime_version, runner.run, job.plain.spec,
-                       probes, reference, raw=raw)
+                       probes, reference, raw=raw, fp32=fp32["interpolated"] if fp32 else None)
     row["artifact"] = path.name
+    if fp32 is not None and row["interpolated"]:
+        row["interpolated_reference"] = fp32["artifact"]
     if job.label:
         row["tap"] = options.tap
     if quant:
         row.update(_int8_fidelity(runner, probes, job.simulation, job.output_step,
                                   reference))
-    np.savez(Path(f"{path}{PROBES_SUFFIX}"), inputs=probes, reference=reference)
+    np.savez(Path(f"{path}{PROBES_SUFFIX}"), inputs=probes, reference=reference,
+             **reference_npz((fp32 or row)["interpolated"]))
     art = {"target": target, "file": path.name, "bytes": path.stat().st_size,
            "sha256": sha256_file(path), "runtime": runner.runtime, "batch": batch,
            "precision": "int8" if quant else "fp32", **info}
@@ -332,6 +352,9 @@ def convert(model_path: str | Path, options: ConvertOptions,
     plain.info["lowering_check"] = check_support(plain.program, options.targets)
     timings["normalize"] = time.perf_counter() - t
     spec = plain.spec
+    if options.mask_radius is not None:
+        disc_mask(*shape[2:], options.mask_radius)  # one-line error for a bad radius
+        spec.mask_radius = float(options.mask_radius)
 
     gm = plain.program.graph_module
     lint = lint_input_size(gm, plain.program.graph_signature.user_inputs[0], shape[2], shape[3])
@@ -374,7 +397,7 @@ def convert(model_path: str | Path, options: ConvertOptions,
         spec.output = opaque_layout(spec.representations, out.channels, out.spatial)
         plain.info["output_action"] = f"none (verified at --tap {options.tap})"
         for v in verification[:2]:
-            v["equivariance"] = []
+            v["equivariance"] = v["interpolated"] = []
     elif lint["exact"] and worst_src and worst_src["rel_err_max"] > SOURCE_EQUIVARIANCE_TOL:
         raise EqdeployError(f"the source model is not equivariant: error "
                             f"{worst_src['rel_err_max']:.2e} under {worst_src['element']}",
@@ -424,9 +447,12 @@ def convert(model_path: str | Path, options: ConvertOptions,
             "quantization": None if quant is None else {
                 "params": quant["params"].to_json(), "dfq": quant["dfq_report"]},
             "artifacts": artifacts,
+            "interpolated": {"method": METHOD, "mask_radius": spec.mask_radius,
+                             "elements": [e.name for e in interpolated_elements(spec)]},
             "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
             "machine": system_info(),
         }
+        report["plots"] = write_convert_plots(report, staging, name)
         (staging / f"{name}.report.json").write_text(json.dumps(report, indent=1))
         (staging / f"{name}.report.md").write_text(convert_markdown(report))
         for f in sorted(staging.iterdir()):

@@ -117,6 +117,9 @@ class SymmetrySpec:
     output: Layout
     tensors: dict[str, Layout] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    # circular mask of the interpolated (non-exact) elements, as a fraction of the inscribed
+    # disc of each grid (eqdeploy/harness/rotate.py); manifests without it mean 1.0
+    mask_radius: float = 1.0
 
     # --- actions ---------------------------------------------------------------------------
     def channel_perm(self, layout: Layout, element: Element) -> np.ndarray | None:
@@ -176,6 +179,7 @@ class SymmetrySpec:
             "output": self.output.to_json(),
             "tensors": {k: v.to_json() for k, v in self.tensors.items()},
             "info": self.info,
+            "mask_radius": self.mask_radius,
         }
 
     def dumps(self) -> str:
@@ -195,7 +199,7 @@ class SymmetrySpec:
         return cls(Group(d["group"]["name"]), reps, Layout.from_json(d["input"], sizes),
                    Layout.from_json(d["output"], sizes),
                    {k: Layout.from_json(v, sizes) for k, v in d.get("tensors", {}).items()},
-                   d.get("info", {}))
+                   d.get("info", {}), float(d.get("mask_radius", 1.0)))
 
     @classmethod
     def loads(cls, text: str | bytes) -> SymmetrySpec:

@@ -11,14 +11,15 @@ channels of a field still transform into each other, which per-channel scaling b
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import fx
 
 from eqdeploy.export import PlainModel
 from eqdeploy.groups import Element
+from eqdeploy.harness.rotate import masked, rotate
+
+__all__ = ["taps", "tap_equivariance", "disc_mask", "rotate", "interpolated_tap_error"]
 
 
 class _Taps(fx.Interpreter):
@@ -65,26 +66,10 @@ def tap_equivariance(pm: PlainModel, probes: np.ndarray) -> dict[str, float]:
     return worst
 
 
-def rotate(x: np.ndarray, degrees: float) -> np.ndarray:
-    """Rotate ``(N, C, H, W)`` about the centre pixel by bilinear interpolation, in the
-    direction of ``np.rot90(x, 1, axes=(-2, -1))`` for +90."""
-    t = -math.radians(degrees)
-    theta = torch.tensor([[math.cos(t), math.sin(t), 0.0], [-math.sin(t), math.cos(t), 0.0]],
-                         dtype=torch.float64)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
-    grid = torch.nn.functional.affine_grid(theta.expand(len(x), 2, 3), list(xt.shape),
-                                           align_corners=True)
-    out = torch.nn.functional.grid_sample(xt, grid, mode="bilinear", padding_mode="zeros",
-                                          align_corners=True)
-    return out.numpy().astype(np.float32)
-
-
 def disc_mask(x: np.ndarray, margin: float = 0.0) -> np.ndarray:
-    h, w = x.shape[-2:]
-    yy, xx = np.mgrid[:h, :w]
-    r = (min(h, w) - 1) / 2 - margin
-    keep = (yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2 <= r * r
-    return (x * keep).astype(np.float32)
+    """``x`` zeroed outside the inscribed disc shrunk by ``margin`` pixels (the harness's
+    mask, ``eqdeploy/harness/rotate.py``)."""
+    return masked(x, 1.0 - 2.0 * margin / (min(x.shape[-2:]) - 1)).astype(np.float32)
 
 
 def interpolated_tap_error(pm: PlainModel, probes: np.ndarray, element: Element,

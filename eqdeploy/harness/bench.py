@@ -16,9 +16,17 @@ import numpy as np
 
 from eqdeploy import __version__
 from eqdeploy.errors import EqdeployError
-from eqdeploy.harness.equivariance import equivariance_table, relative_error, summarize
+from eqdeploy.harness.equivariance import (
+    equivariance_table,
+    interpolated_elements,
+    interpolated_summary,
+    interpolated_table,
+    relative_error,
+    summarize,
+)
 from eqdeploy.harness.latency import time_runs, timed
-from eqdeploy.harness.probes import load_probes
+from eqdeploy.harness.probes import Probes, load_probes
+from eqdeploy.harness.rotate import METHOD
 from eqdeploy.harness.runtime import Runner, open_artifact, read_spec
 from eqdeploy.harness.sysinfo import peak_rss_bytes, system_info
 from eqdeploy.spec import SymmetrySpec
@@ -62,20 +70,41 @@ def _check_layouts(spec: SymmetrySpec, runner: Runner, y: np.ndarray) -> None:
                                 "the sidecar belongs to another model; re-run 'eqdeploy convert'")
 
 
-def _equivariance(spec: SymmetrySpec, f, raw, probes: np.ndarray, y: np.ndarray,
-                  integer_out: str | None) -> dict:
+def _interpolated(spec: SymmetrySpec, f, probes: Probes, where: str) -> dict:
+    """Every element without an exact pixel action, applied by interpolation (labelled)."""
+    elements = [e.name for e in interpolated_elements(spec)]
+    out = {"method": METHOD, "mask_radius": spec.mask_radius, "elements": elements,
+           "reference": None, "rows": [], "summary": None, "note": None}
+    if not elements:
+        out["note"] = f"group {spec.group.name} has no element without an exact pixel action"
+        return out
+    ref = probes.interp_reference
+    rows = interpolated_table(f, spec, probes.inputs, reference=ref, where=where)
+    out["rows"], out["summary"] = rows, interpolated_summary(rows)
+    if ref is None:
+        out["note"] = ("the probe file has no FP32 reference errors (written by 'eqdeploy "
+                       "convert'): ratio to FP32 not measured")
+    else:
+        out["reference"] = "FP32 artifact's errors on these probes, stored by convert"
+    return out
+
+
+def _equivariance(spec: SymmetrySpec, f, raw, probes: Probes, y: np.ndarray,
+                  integer_out: str | None, where: str) -> dict:
     group = spec.group
     skipped = [e.name for e in group.elements if not e.exact]
     out = {"compared_on": f"{integer_out} outputs" if integer_out else "float outputs",
            "output_action": "invariant" if spec.output_is_invariant() else "equivariant",
            "interpolated_elements_skipped": skipped, "rows": [], "summary": None,
-           "note": None}
+           "interpolated": None, "note": None}
     if spec.channel_perm(spec.output, group.elements[0]) is None:
         out["note"] = ("the output layout has non-permutation fields (irreps, or no known "
                        "action: see the convert report's tap): no exact channel "
                        "action to compare against; equivariance not measured")
         return out
-    rows = equivariance_table(f, spec, probes, f_probes=y, raw=raw)
+    out["interpolated"] = _interpolated(spec, f, probes, where)
+    out["interpolated_elements_skipped"] = []
+    rows = equivariance_table(f, spec, probes.inputs, f_probes=y, raw=raw)
     out["rows"] = rows
     if rows:
         agree = [r["top1_agreement"] for r in rows if "top1_agreement" in r]
@@ -141,7 +170,7 @@ def run_bench(artifact: str | Path, runs: int = 100, warmup: int = 10, threads: 
     y = f(probes.inputs)
     _check_layouts(spec, runner, y)
     classifier = _is_classifier(spec, y)
-    equiv = _equivariance(spec, f, raw, probes.inputs, y, integer_out)
+    equiv = _equivariance(spec, f, raw, probes, y, integer_out, str(artifact))
 
     fidelity = None
     if probes.reference is not None:

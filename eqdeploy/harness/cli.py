@@ -45,6 +45,15 @@ def _summary(report: dict) -> str:
                      + ("" if agree is None else f"  top-1 agree {agree:.3g}"))
     if eq.get("note"):
         lines.append(f"  {eq['note']}")
+    interp = eq.get("interpolated") or {}
+    for r in interp.get("rows", []):
+        agree, ratio = r.get("top1_agreement"), r.get("ratio_vs_fp32")
+        lines.append(f"  {r['element']:>6}  rel.err max {r['rel_err_max']:.3g}  mean "
+                     f"{r['rel_err_mean']:.3g}  interpolated {r['degrees']:g} deg"
+                     + ("" if ratio is None else f"  x{ratio:.3g} FP32")
+                     + ("" if agree is None else f"  top-1 agree {agree:.3g}"))
+    if interp.get("note"):
+        lines.append(f"  {interp['note']}")
     if probes["source"] == "synthetic":
         lines.append(f"  note: {probes['note']}")
     fid = report.get("fidelity")
@@ -124,6 +133,12 @@ Exit status: 0 when every budget holds, 1 when one is violated or a file is malf
 @click.option("--max-p50-ms", type=float, default=None, help="Max median latency (ms).")
 @click.option("--max-p99-ms", type=float, default=None, help="Max p99 latency (ms).")
 @click.option("--max-size-bytes", type=int, default=None, help="Max artifact size (bytes).")
+@click.option("--max-interpolated-error", type=float, default=None,
+              help="Max relative error over the interpolated (non-exact) elements.")
+@click.option("--max-interpolated-error-ratio", type=float, default=None,
+              help="Max ratio of the artifact's interpolated error to FP32's, same element.")
+@click.option("--min-rotation-top1", type=float, default=None,
+              help="Min top-1 agreement of f(x) and f(g.x) over the interpolated elements.")
 def check(report, budget_file, **inline):
     """Compare a REPORT (JSON from bench) with budgets; exit 1 if any is violated.
 

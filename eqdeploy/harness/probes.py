@@ -2,7 +2,9 @@
 
 A probe file is an ``.npz`` with ``inputs`` (float, ``(N, C, H, W)``: the model's float input,
 before any quantization), optionally ``reference`` (the FP32 source model's outputs for them)
-and ``labels`` (int, ``(N,)``). ``eqdeploy convert`` writes ``<artifact>.probes.npz``.
+and ``labels`` (int, ``(N,)``); ``eqdeploy convert`` also stores the FP32 reference's
+per-probe interpolated errors (``interp_elements``, ``interp_reference_err``; see
+``harness/equivariance.py``). ``eqdeploy convert`` writes ``<artifact>.probes.npz``.
 Synthetic probes (seeded normal noise) are the last resort and are labelled as such.
 """
 
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from eqdeploy.errors import EqdeployError
+from eqdeploy.harness.equivariance import reference_rows
 
 PROBES_SUFFIX = ".probes.npz"
 SYNTHETIC_COUNT = 16
@@ -29,11 +32,13 @@ class Probes:
     source: str  # "file" | "bundled" | "synthetic"
     path: str | None
     seed: int | None = None
+    interp_reference: list[dict] | None = None  # FP32 reference rows, interpolated elements
 
     def describe(self) -> dict:
         d = {"source": self.source, "path": self.path, "count": int(len(self.inputs)),
              "shape": list(self.inputs.shape), "has_reference": self.reference is not None,
-             "has_labels": self.labels is not None}
+             "has_labels": self.labels is not None,
+             "has_interpolated_reference": self.interp_reference is not None}
         if self.source == "synthetic":
             d["seed"] = self.seed
             d["note"] = ("synthetic probes (seeded normal noise): equivariance is measured off "
@@ -134,7 +139,9 @@ def load_probes(artifact: str | Path, input_shape: tuple[int, ...],
             raise EqdeployError("--labels needs probe inputs to label, but none were found",
                                 f"pass --probes FILE.npz or keep {bundled} beside the artifact")
         return Probes(synthetic_probes(input_shape), None, None, source, None, SYNTHETIC_SEED)
-    x, ref, labels = validate(_load_arrays(path), input_shape, str(path))
+    arrays = _load_arrays(path)
+    x, ref, labels = validate(arrays, input_shape, str(path))
     if labels_path is not None:
         labels = load_labels(labels_path, len(x))
-    return Probes(x, ref, labels, source, str(path))
+    return Probes(x, ref, labels, source, str(path),
+                  interp_reference=reference_rows(arrays, len(x), str(path)))

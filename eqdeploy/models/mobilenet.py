@@ -223,6 +223,10 @@ def c12_mobilenet() -> EqMobileNetV2:
     return eq_mobilenet("C12")
 
 
+def c16_mobilenet() -> EqMobileNetV2:
+    return eq_mobilenet("C16")
+
+
 def export_conventional(model: nn.Module, example: torch.Tensor):
     """PlainModel of a plain-torch model with the trivial group C1 (every channel a field).
 

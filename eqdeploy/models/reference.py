@@ -1,12 +1,13 @@
 """Small reference models built with e2cnn: the shapes users deploy, kept fast for tests.
 
 - ``c4_cnn``: C4 regular fields, two stride-2 max pools, group pooling, 1x1 invariant head.
-- ``c8_residual``: C8 with a residual block and a torch ``Linear`` head after group pooling.
+- ``c8_residual``: C8 with a residual block and a torch ``Linear`` head after group pooling;
+  ``c16_residual``: the same net over C16 (22.5-degree steps; random weights).
 - ``d4_cnn``: D4 (rotations and flips), antialiasing-free strided conv, group pooling.
 - ``c4_flat_head``: C4 features read by a Linear over every group channel (no pooling):
   logits without a group action, for ``--tap`` (random weights).
 Aligned (exact) input sizes: 29 for ``c4_cnn``, ``d4_cnn``, ``c4_flat_head``; 33 for
-``c8_residual``.
+``c8_residual``, ``c16_residual``.
 Factories take no required arguments so they work with ``--arch module:factory``.
 
 Trained weights: each factory loads ``weights/<name>.pt`` (an eval-mode state_dict from
@@ -63,11 +64,13 @@ class C4CNN(nn.Module):
 
 
 class C8Residual(nn.Module):
-    """C8 net with a residual block (user-written add) and a torch Linear head (33x33)."""
+    """C_N net (C8 by default) with a residual block (user-written add) and a torch Linear
+    head (33x33)."""
 
-    def __init__(self, channels: int = 1, classes: int = 10, width: int = 4) -> None:
+    def __init__(self, channels: int = 1, classes: int = 10, width: int = 4,
+                 rotations: int = 8) -> None:
         super().__init__()
-        gs = gspaces.Rot2dOnR2(8)
+        gs = gspaces.Rot2dOnR2(rotations)
         self.input_type = enn.FieldType(gs, channels * [gs.trivial_repr])
         f = enn.FieldType(gs, width * [gs.regular_repr])
         self.stem = enn.SequentialModule(*_block(self.input_type, f, 5, 2))
@@ -150,7 +153,15 @@ def settle_batchnorm(model: nn.Module, shape: tuple[int, ...], batches: int = 4,
     return model.eval()
 
 
-EXACT_SIZES = {"c4_cnn": 29, "c8_residual": 33, "d4_cnn": 29, "c4_flat_head": 29}
+class C16Residual(C8Residual):
+    """``C8Residual`` over C16."""
+
+    def __init__(self, channels: int = 1, classes: int = 10, width: int = 4) -> None:
+        super().__init__(channels, classes, width, rotations=16)
+
+
+EXACT_SIZES = {"c4_cnn": 29, "c8_residual": 33, "d4_cnn": 29, "c4_flat_head": 29,
+               "c16_residual": 33}
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
@@ -184,6 +195,11 @@ def c4_cnn(pretrained: bool = True) -> C4CNN:
 def c8_residual(pretrained: bool = True) -> C8Residual:
     """C8 residual reference model, trained on rotated MNIST (33x33) when bundled."""
     return _build(C8Residual, "c8_residual", 1, pretrained)
+
+
+def c16_residual(pretrained: bool = False) -> C16Residual:
+    """C16 variant of ``c8_residual`` (random weights, BN settled on noise)."""
+    return _build(C16Residual, "c16_residual", 4, pretrained)
 
 
 def c4_flat_head(pretrained: bool = False) -> C4FlatHead:

@@ -2,7 +2,9 @@
 
 Each report schema has a small function that maps it to the metrics budgets name
 (``METRIC_EXTRACTORS``); a metric missing from the report fails its budget, so a gate
-never passes on data that was not measured. stdlib only.
+never passes on data that was not measured. A metric that cannot exist for the model (the
+interpolated-element metrics of a group whose every element is exact, e.g. C4) is
+``NotApplicable``: its budget holds and the table says why. stdlib only.
 """
 
 from __future__ import annotations
@@ -24,19 +26,62 @@ BUDGETS: dict[str, tuple[str, str]] = {
     "max_p50_ms": ("p50_ms", "max"),
     "max_p99_ms": ("p99_ms", "max"),
     "max_size_bytes": ("size_bytes", "max"),
+    "max_interpolated_error": ("interpolated_error", "max"),
+    "max_interpolated_error_ratio": ("interpolated_error_ratio", "max"),
+    "min_rotation_top1": ("rotation_top1", "min"),
 }
 INTEGER_BUDGETS = ("max_changed_outputs", "max_size_bytes")
-FRACTION_BUDGETS = ("min_top1_agreement", "min_orbit_top1_agreement")
+FRACTION_BUDGETS = ("min_top1_agreement", "min_orbit_top1_agreement", "min_rotation_top1")
+INTERPOLATED_METRICS = ("interpolated_error", "interpolated_error_ratio", "rotation_top1")
+
+
+class NotApplicable(str):
+    """A metric the model cannot have (the reason is the string): its budget holds."""
 
 
 class BudgetRow(NamedTuple):
     name: str  # budget key, e.g. "max_p50_ms"
-    value: float | int | None  # measured; None when the report lacks it (fails)
+    value: float | int | NotApplicable | None  # measured; None when the report lacks it (fails)
     budget: float | int
     ok: bool
 
 
 # --- metric extraction, one small function per report schema -------------------------------
+def _no_interpolated(group: str) -> dict[str, NotApplicable]:
+    why = NotApplicable(f"every element of {group} is exact")
+    return dict.fromkeys(INTERPOLATED_METRICS, why)
+
+
+def _bench_interpolated(r: dict) -> dict[str, Any]:
+    """Worst interpolated element: error, ratio to the FP32 reference, top-1 f(x) = f(g.x)."""
+    interp = r["equivariance"].get("interpolated")
+    if interp is not None and not interp["elements"]:
+        return _no_interpolated(r.get("symmetry", {}).get("group", "the group"))
+    s = (interp or {}).get("summary") or {}
+    return {"interpolated_error": s.get("rel_err_max"),
+            "interpolated_error_ratio": s.get("ratio_vs_fp32_max"),
+            "rotation_top1": s.get("top1_agreement_min")}
+
+
+def _convert_interpolated(r: dict, rows: list[dict], int8: bool) -> dict[str, Any]:
+    """Worst over the deployed artifacts' interpolated rows; the ratio is each INT8 row's to
+    its FP32 artifact, or for FP32 deployments the artifact's to the source model."""
+    info = r.get("interpolated")
+    if info is not None and not info["elements"]:
+        return _no_interpolated(r["model"]["group"])
+    interp = [e for v in rows for e in v.get("interpolated", [])]
+    if int8:
+        ratios = [e.get("ratio_vs_fp32") for e in interp]
+    else:
+        src = {e["element"]: e["rel_err_max"] for e in r["verification"][0].get("interpolated", [])}
+        ratios = [e["rel_err_max"] / src[e["element"]] if src.get(e["element"]) else None
+                  for e in interp]
+    agree = [e["top1_agreement"] for e in interp if "top1_agreement" in e]
+    return {"interpolated_error": max((e["rel_err_max"] for e in interp), default=None),
+            "interpolated_error_ratio": None if not ratios or None in ratios else max(ratios),
+            "rotation_top1": min(agree) if agree else None}
+
+
 def _bench_metrics(r: dict) -> dict[str, Any]:
     """``eqdeploy.bench`` v1 (see bench_schema.md)."""
     eq = r["equivariance"]["summary"] or {}
@@ -49,6 +94,7 @@ def _bench_metrics(r: dict) -> dict[str, Any]:
         "p50_ms": r["latency"]["p50_ms"],
         "p99_ms": r["latency"]["p99_ms"],
         "size_bytes": r["artifact"]["size_bytes"],
+        **_bench_interpolated(r),
     }
 
 
@@ -75,6 +121,7 @@ def _convert_metrics(r: dict) -> dict[str, Any]:
         "p50_ms": None,
         "p99_ms": None,
         "size_bytes": max((a["bytes"] for a in deployed), default=None),
+        **_convert_interpolated(r, rows, precision == "int8"),
     }
 
 
@@ -104,7 +151,8 @@ def report_metrics(report: Any, where: str = "report") -> dict[str, Any]:
         raise EqdeployError(f"{where} is a malformed {schema} report ({type(e).__name__}: {e})",
                             "regenerate it with the same eqdeploy version") from None
     for name, value in metrics.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        if value is not None and not isinstance(value, NotApplicable) and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
             raise EqdeployError(f"{where} is a malformed {schema} report ({name} = {value!r} is "
                                 "not a number)", "regenerate it with the same eqdeploy version")
     return metrics
@@ -199,14 +247,17 @@ def check_report(report: dict, budgets: dict, where: str = "report") -> list[Bud
     for key, budget in validate_budgets(budgets).items():
         metric, direction = BUDGETS[key]
         value = metrics.get(metric)
-        ok = value is not None and (value <= budget if direction == "max" else value >= budget)
+        ok = isinstance(value, NotApplicable) or (
+            value is not None and (value <= budget if direction == "max" else value >= budget))
         rows.append(BudgetRow(key, value, budget, bool(ok)))
     return rows
 
 
-def _fmt(v: float | int | None) -> str:
+def _fmt(v: float | int | NotApplicable | None) -> str:
     if v is None:
         return "missing"
+    if isinstance(v, NotApplicable):
+        return f"n/a ({v})"
     if isinstance(v, int):
         return str(v)
     return f"{v:.4g}"

@@ -79,6 +79,73 @@ def _int8_sections(report: dict) -> list[str]:
     return lines
 
 
+def interpolated_brief(row: dict) -> str:
+    """The CLI summary's tail for one verification row: worst interpolated error and ratio."""
+    interp = row.get("interpolated") or []
+    if not interp:
+        return ""
+    ratios = [r["ratio_vs_fp32"] for r in interp if r.get("ratio_vs_fp32") is not None]
+    return (f"   interpolated ({len(interp)} el.) {max(r['rel_err_max'] for r in interp):.1e}"
+            + (f" = {max(ratios):.2f} x FP32" if ratios else ""))
+
+
+def _element_cell(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    if r["exact"]:
+        return f"{_e(r['rel_err_max'])} ({r['changed']}/{r['probes']} changed)"
+    top1 = r.get("top1_agreement")
+    return f"{_e(r['rel_err_max'])} / {_e(r['rel_err_mean'])}" + \
+        ("" if top1 is None else f", top-1 {top1:.2f}")
+
+
+def _element_sections(report: dict) -> list[str]:
+    """Every group element, exact or interpolated: source, FP32 and INT8 artifacts, ratio."""
+    interp = report.get("interpolated")
+    if not interp:
+        return []
+    model_rows = [v for v in report["verification"] if not v.get("tap")]
+    source = model_rows[0]
+    elements = sorted([*source["equivariance"], *source.get("interpolated", [])],
+                      key=lambda r: (r["element"].startswith("f"), r["degrees"]))
+    if not elements:
+        return []
+    precision = {a["file"]: a for a in report["artifacts"]}
+    arts = sorted(((precision[v["artifact"]], v) for v in model_rows
+                   if v.get("artifact") in precision),
+                  key=lambda av: (av[0]["target"], av[0]["precision"] != "fp32"))
+    columns = [("source", source)] + [(f"{a['precision'].upper()} {a['target']}", v)
+                                      for a, v in arts]
+    ratio_of = [(f"INT8/FP32 {a['target']}", v) for a, v in arts if a["precision"] == "int8"]
+    lines = ["", "## Every group element", "",
+             "Exact elements: error max (probes whose output changed at all). Interpolated "
+             f"elements (no exact pixel action; {interp['method']} rotation about the grid "
+             f"centre inside a disc of {interp['mask_radius']:g} x the inscribed disc's "
+             "radius, applied to the probes before and after rotating): relative error max / "
+             "mean over probes, top-1 agreement of f(x) and f(g.x), and the INT8 artifact's "
+             "max error over its FP32 counterpart's at the same element.", "",
+             "| element | degrees | action | " + " | ".join(c for c, _ in columns)
+             + "".join(f" | {c}" for c, _ in ratio_of) + " |",
+             "|---|---|---|" + "---|" * (len(columns) + len(ratio_of))]
+    for el in elements:
+        cells = []
+        for _, v in columns:
+            rows = {r["element"]: r for r in [*v["equivariance"], *v.get("interpolated", [])]}
+            cells.append(_element_cell(rows.get(el["element"])))
+        for _, v in ratio_of:
+            r = {r["element"]: r for r in v.get("interpolated", [])}.get(el["element"])
+            ratio = None if r is None else r.get("ratio_vs_fp32")
+            cells.append("-" if ratio is None else f"{ratio:.3f}")
+        lines.append(f"| {el['element']} | {el['degrees']:g} | "
+                     f"{'exact' if el['exact'] else 'interpolated'} | " + " | ".join(cells)
+                     + " |")
+    for f in (report.get("plots") or {}).get("files", []):
+        lines += ["", f"![equivariance error per element]({f})"]
+    if (report.get("plots") or {}).get("note"):
+        lines += ["", f"> plots: {report['plots']['note']}"]
+    return lines
+
+
 def convert_markdown(report: dict) -> str:
     """The human-readable twin of ``<name>.report.json``."""
     m = report["model"]
@@ -109,6 +176,7 @@ def convert_markdown(report: dict) -> str:
     if any(v.get("tap") for v in report["verification"]):
         lines += ["", "Tap rows compare against the FP32 graph cut at the tap (after DFQ for "
                   "INT8 artifacts, whose equalization rescales the tapped tensor per field)."]
+    lines += _element_sections(report)
     if report.get("quantization"):
         lines += _int8_sections(report)
     lines += ["", "## Artifacts", "", "| target | file | bytes | seconds | ops |",

@@ -62,6 +62,7 @@ def bench_markdown(report: dict) -> str:
                          for r in eq["rows"]])
     if eq.get("note"):
         lines += ["", f"> {eq['note']}"]
+    lines += interpolated_lines(eq.get("interpolated"))
     if eq.get("interpolated_elements_skipped"):
         lines += ["", "Not measured (no exact pixel action on the square grid): "
                       + ", ".join(eq["interpolated_elements_skipped"]) + "."]
@@ -89,6 +90,26 @@ def bench_markdown(report: dict) -> str:
         if plots.get("note"):
             lines.append(f"> {plots['note']}")
     return "\n".join(lines) + "\n"
+
+
+def interpolated_lines(interp: dict | None) -> list[str]:
+    """The interpolated elements' table of a bench report (nothing if there are none)."""
+    if not interp or not interp.get("rows"):
+        return [] if not interp or not interp.get("note") else ["", f"> {interp['note']}"]
+    lines = ["", f"### Interpolated elements (no exact pixel action: {interp['method']} "
+                 f"rotation inside a disc of {interp['mask_radius']:g} x the inscribed disc's "
+                 "radius)", "",
+             "Relative error of f(g.x) against rho_out(g) f(x) on the masked probes, next to "
+             "the FP32 reference's at the same element and their ratio; top-1: f(x) and "
+             "f(g.x) agree.", ""]
+    lines += _table(["element", "degrees", "rel. error max", "rel. error mean",
+                     "FP32 ref. max", "ratio to FP32", "top-1 f(x) = f(g.x)"],
+                    [[r["element"], r["degrees"], r["rel_err_max"], r["rel_err_mean"],
+                      r.get("fp32_rel_err_max"), r.get("ratio_vs_fp32"), r.get("top1_agreement")]
+                     for r in interp["rows"]])
+    if interp.get("note"):
+        lines += ["", f"> {interp['note']}"]
+    return lines
 
 
 def _mib(b: int | None) -> str:
