@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from eqdeploy.dfq.absorb import absorb_high_bias
 from eqdeploy.dfq.bias_correction import correct_bias
 from eqdeploy.dfq.equalize import equalize
@@ -36,11 +38,13 @@ class DfqOptions:
     cle_tolerance: float = 1e-6
     cle_max_sweeps: int = 100
     absorb_sigmas: float = 3.0
-    absorb_padded: bool = False
+    absorb_padded: str = "measured"  # zero-padded consumers: never | measured | always
 
 
-def run_dfq(pm: PlainModel, options: DfqOptions | None = None) -> tuple[PlainModel, dict]:
-    """Run the enabled passes in order; the report has one section per pass."""
+def run_dfq(pm: PlainModel, options: DfqOptions | None = None,
+            inputs: np.ndarray | None = None) -> tuple[PlainModel, dict]:
+    """Run the enabled passes in order; the report has one section per pass. ``inputs``
+    (calibration or distilled inputs), when given, make bias correction empirical."""
     opt = options or DfqOptions()
     report: dict = {"options": asdict(opt), "passes": {}}
     if not opt.enabled:
@@ -53,7 +57,7 @@ def run_dfq(pm: PlainModel, options: DfqOptions | None = None) -> tuple[PlainMod
         ("absorb", opt.absorb, lambda m: absorb_high_bias(m, opt.orbit_agnostic,
                                                           opt.absorb_sigmas, opt.absorb_padded)),
         ("bias_correction", opt.bias_correction,
-         lambda m: correct_bias(m, opt.weights, opt.orbit_agnostic)),
+         lambda m: correct_bias(m, opt.weights, opt.orbit_agnostic, inputs)),
     ]
     for name, on, fn in steps:
         if not on:
