@@ -9,8 +9,12 @@ borders of a zero-padded consumer: the padding stays 0 while the signal moved by
 is the old network padded with c instead of 0. Given the assumption, that error is an exact,
 input-independent map ``E = conv(ring_c, W2)`` (``ring_c``: c on the padding ring, 0 inside;
 no stride or group changes that). An exact fix needs a pad value per channel, which neither
-ONNX ``Pad`` nor TFLite ``PADV2`` has (one scalar per tensor), so ``padded="measured"``
-absorbs with the error measured and reported, by this criterion, in the consumer's output:
+ONNX ``Pad`` nor TFLite ``PADV2`` has (one scalar per tensor). ``padded="exact"`` (the
+default) lets the network pad with the shift itself, exactly: constant channels produced by
+the producer carry it (``eqdeploy.dfq.constant_channels``), wherever producer and consumer
+are ungrouped convs joined by ReLU / max pools. Elsewhere (a depthwise consumer), and with
+``padded="measured"``, absorption is taken with the error measured and reported, by this
+criterion, in the consumer's output:
 
     absorb  iff  sqrt(q(D_after)^2 + rms(E)^2) < q(D_before),
     q(D) = D / sqrt(12) * sqrt(mean_o sum_{j,k} W2[o, j, k]^2)
@@ -29,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from eqdeploy.dfq.chains import walk
+from eqdeploy.dfq.constant_channels import add_constant_channels, fit_to_data, plan_for
 from eqdeploy.dfq.graph import clone, expand, layers, set_stats, stats_of, unit_min
 from eqdeploy.export import PlainModel
 
@@ -37,7 +42,10 @@ _SHIFT_SAFE = {"aten.relu", "aten.relu_", "aten.max_pool2d", "aten.mean", "aten.
                "aten.flatten", "aten.reshape", "aten.view", "aten._unsafe_view",
                "aten.squeeze", "aten.unsqueeze", "aten.clone", "aten.dropout",
                "aten.contiguous", "aten.alias", "aten.detach"}
-PADDED_MODES = ("never", "measured", "always")
+PADDED_MODES = ("never", "measured", "exact", "always")
+# chains that carry a positive constant channel unchanged (ReLU keeps it, a max pool pads -inf)
+_CONSTANT_SAFE = {"aten.relu", "aten.relu_", "aten.max_pool2d", "aten.clone", "aten.dropout",
+                  "aten.contiguous", "aten.alias", "aten.detach"}
 RANGE_SIGMAS = 6.0  # the data-free activation range rule (mean + 6 std)
 
 
@@ -83,14 +91,20 @@ def _padded_decision(pm, lk, mean, std, shift, per_unit) -> dict:
             "absorb": math.sqrt(q1 ** 2 + e_rms ** 2) < q0}
 
 
+def _exact_possible(lk) -> bool:
+    p, c = lk.producer, lk.consumer
+    return (p.weight.dim() == 4 and p.groups == 1 and c.groups == 1 and lk.identity
+            and set(lk.ops) <= _CONSTANT_SAFE)
+
+
 def absorb_high_bias(pm: PlainModel, orbit_agnostic: bool = False, sigmas: float = 3.0,
-                     padded: str = "measured") -> tuple[PlainModel, dict]:
+                     padded: str = "exact", inputs=None) -> tuple[PlainModel, dict]:
     """Move the always-positive part of ReLU inputs into the next layer's bias."""
     if padded not in PADDED_MODES:
         raise ValueError(f"padded must be one of {PADDED_MODES}, not {padded!r}")
     work = clone(pm)
     found = layers(work)
-    absorbed, skipped = [], []
+    absorbed, skipped, plans = [], [], []
     chains, _ = walk(work, found, orbit_agnostic)
     for lk in chains:
         p, c = lk.producer, lk.consumer
@@ -119,17 +133,32 @@ def absorb_high_bias(pm: PlainModel, orbit_agnostic: bool = False, sigmas: float
         entry = {**where, "channels": int((shift > 0).sum()), "max_shift": float(shift.max())}
         if lk.passes_group_pool:
             entry["through_group_pooling"] = True
+        exact = False
         if is_padded:
             decision = _padded_decision(work, lk, mean, std, shift, per_unit)
+            exact = padded == "exact" and _exact_possible(lk) \
+                and decision["rounding_noise_after"] < decision["rounding_noise_before"]
+            decision["method"] = "exact: constant channels" if exact else \
+                "approximate: border error measured" if padded != "always" else "approximate"
             entry["padding"] = decision
-            if padded == "measured" and not decision["absorb"]:
-                skipped.append({**entry, "reason": "zero-padded consumer: the border error "
-                                "would exceed the rounding noise it removes"})
+            if padded in ("measured", "exact") and not exact and not decision["absorb"]:
+                skipped.append({**entry, "reason": "zero-padded consumer: absorbing would not "
+                                "shrink the INT8 step" if _exact_possible(lk) and padded ==
+                                "exact" else "zero-padded consumer: the border error would "
+                                "exceed the rounding noise it removes"})
                 continue
+        if exact:
+            value = float((mean - shift + RANGE_SIGMAS * std).max())
+            plans.append(plan_for(lk, per_unit, value))
+            entry["padding"]["constant_channels"] = int(plans[-1].kernels.shape[1])
         with torch.no_grad():
             p.bias.sub_(shift.to(p.bias.dtype))
-            c.bias.add_(c.apply_in(lk.columns(per_unit)).to(c.bias.dtype))
+            if not exact:
+                c.bias.add_(c.apply_in(lk.columns(per_unit)).to(c.bias.dtype))
         set_stats(work, p.node, mean - shift, std)
         absorbed.append(entry)
+    work = add_constant_channels(work, plans)
+    if inputs is not None:
+        fit_to_data(work, inputs)
     return work, {"absorbed": absorbed, "skipped": skipped, "sigmas": sigmas,
                   "padded": padded}

@@ -51,6 +51,7 @@ class Link:
     producer: Layer
     consumer: Layer
     ops: list[str] = field(default_factory=list)  # aten op names between them
+    nodes: list[str] = field(default_factory=list)  # the nodes of those ops
     units: list[tuple[int, int]] = field(default_factory=list)  # producer channel ranges
     column_unit: np.ndarray | None = None  # consumer input column j <- unit column_unit[j]
     identity: bool = True  # column j reads producer channel j (no regrouping on the way)
@@ -161,7 +162,7 @@ def walk(pm: PlainModel, found: dict[str, Layer] | None = None, orbit_agnostic: 
             stops.append({"producer": name, "at": name,
                           "reason": "no field layout for the producer's output"})
             continue
-        node, ops = nodes[name], []
+        node, ops, passed = nodes[name], [], []
         ids, chan = _initial(node, sl)
         while True:
             users = list(node.users)
@@ -172,8 +173,8 @@ def walk(pm: PlainModel, found: dict[str, Layer] | None = None, orbit_agnostic: 
                 break
             nxt = users[0]
             if nxt.op != "call_function" or not nxt.args or nxt.args[0] is not node:
-                stops.append({"producer": name, "at": nxt.name,
-                              "reason": "the tensor is not the op's first input"})
+                stops.append({"producer": name, "at": nxt.name, "reason": "the graph output"
+                              if nxt.op == "output" else "the tensor is not the op's first input"})
                 break
             if nxt.name in found:
                 cons = found[nxt.name]
@@ -185,7 +186,7 @@ def walk(pm: PlainModel, found: dict[str, Layer] | None = None, orbit_agnostic: 
                     c = chan[(0, slice(None), *([0] * (chan.dim() - 2)))]
                     ident = cons.in_channels == layer.out_channels and bool(
                         (c == torch.arange(len(c), dtype=c.dtype)).all())
-                    out.append(Link(layer, cons, ops, sl, cols, ident))
+                    out.append(Link(layer, cons, ops, passed, sl, cols, ident))
                 break
             try:
                 ids, chan = _step(nxt, ids, chan, orbit_agnostic)
@@ -194,5 +195,6 @@ def walk(pm: PlainModel, found: dict[str, Layer] | None = None, orbit_agnostic: 
                               "reason": str(e)})
                 break
             ops.append(op_name(nxt))
+            passed.append(nxt.name)
             node = nxt
     return out, stops

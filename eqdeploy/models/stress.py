@@ -50,7 +50,7 @@ class StressC4(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-def stress_c4(decades: float = 3.0, high_bias: float = 0.3, seed: int = 0) -> StressC4:
+def stress_c4(decades: float = 3.0, high_bias: float = 0.2, seed: int = 0) -> StressC4:
     """The settled stress model (BN gammas over ``10**U(-decades/2, decades/2)`` per field)."""
     from eqdeploy.models.mobilenet import settle
 

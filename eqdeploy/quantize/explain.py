@@ -20,7 +20,7 @@ For every quantization point q of the parameter set, on the probes:
   bias correction); ``weights_alone_output_sqnr_db``: all weights (and biases) quantized.
 
 SQNR is ``10 log10(sum ref^2 / sum (out - ref)^2)``; a tensor (or field) whose FP32 values are
-all zero has no signal to measure: it is reported as ``null`` with ``"no signal"`` and never
+all zero has no signal to measure: it is reported as ``null`` (listed as unmeasured), never
 as a perfect score.
 """
 
@@ -111,11 +111,13 @@ def _module_path(node: fx.Node) -> str | None:
     return path.removeprefix("L['self'].").removeprefix("model.") or None
 
 
-def explain(pm, qp: QuantParams, probes: np.ndarray, reference=None) -> dict:
+def explain(pm, qp: QuantParams, probes: np.ndarray, reference=None,
+            sensitivity: bool = True) -> dict:
     """The per-layer report of ``pm`` (BN folded, the graph ``qp`` was computed for).
 
     ``reference``: the FP32 graph to compare with, of the same nodes (default ``pm``); pass
-    the graph before bias correction, which moves FP32 biases on purpose.
+    the graph before bias correction, which moves FP32 biases on purpose. ``sensitivity``:
+    also the one-at-a-time analyses (a simulation per tensor and per layer).
     """
     gm = pm.program.module()
     points, producer = quant_points(gm)
@@ -128,7 +130,7 @@ def explain(pm, qp: QuantParams, probes: np.ndarray, reference=None) -> dict:
     y_ref = _run(ref_gm, probes, lambda n: "out" if n.name == _output_name(ref_gm) else None,
                  torch.float32)["out"]
     base = pm if reference is None else reference
-    act_only = simulate_with(base, qp, quantize_weights=False).gm
+    act_only = simulate_with(base, qp, quantize_weights=False).gm if sensitivity else None
     rows = []
     for q in points:
         if q not in ref or q not in out:
@@ -158,7 +160,8 @@ def explain(pm, qp: QuantParams, probes: np.ndarray, reference=None) -> dict:
             "field_range_ratio": (min(peaks) / max(peaks)) if max(peaks) > 0 else None,
             "collapsed_fields": [f["field"] for f in fields if f["max_abs"] < scale],
             "no_signal_fields": [f["field"] for f in fields if f["sqnr_db"] is None],
-            "alone_output_sqnr_db": sqnr_db(y_ref, _alone(act_only, probes, {q})),
+            "alone_output_sqnr_db": sqnr_db(y_ref, _alone(act_only, probes, {q}))
+            if sensitivity else None,
         })
     measured = [r for r in rows if r["sqnr_db"] is not None]
     if not measured:
@@ -173,9 +176,9 @@ def explain(pm, qp: QuantParams, probes: np.ndarray, reference=None) -> dict:
     weight_rows = [{"layer": name, "weight_scales": len(set(qp.weights[name].tolist())),
                     "alone_output_sqnr_db": sqnr_db(y_ref, _weights_alone(base, pm, qp, name,
                                                                            probes))}
-                   for name in qp.weights]
+                   for name in qp.weights] if sensitivity else []
     return {"probes": int(len(probes)), "rows": rows,
-            "output_sqnr_db": sqnr_db(y_ref, _alone(sim.gm, probes, set(points))),
+            "output_sqnr_db": sqnr_db(y_ref, sim.numpy(probes)),
             "weights_alone_output_sqnr_db": sqnr_db(y_ref, w_only.numpy(probes)),
             "weights": weight_rows,
             "lowest_sqnr": {"tensor": lowest["tensor"], "sqnr_db": lowest["sqnr_db"]},
@@ -210,7 +213,7 @@ def _output_name(gm: fx.GraphModule) -> str:
 
 
 def _db(v) -> str:
-    return "no signal" if v is None else ("exact" if v == math.inf else f"{v:.1f}")
+    return "-" if v is None else ("exact" if v == math.inf else f"{v:.1f}")
 
 
 def explain_markdown(rep: dict) -> list[str]:
@@ -239,10 +242,21 @@ def explain_markdown(rep: dict) -> list[str]:
               "lowest local "
               f"SQNR: {rep['lowest_local_sqnr']['tensor']} "
               f"({_db(rep['lowest_local_sqnr']['local_sqnr_db'])} dB)."]
-    lines += ["", "| layer | weight scales | output dB, only its weights quantized |",
-              "|---|---|---|"]
-    lines += [f"| {w['layer']} | {w['weight_scales']} | {_db(w['alone_output_sqnr_db'])} |"
-              for w in rep["weights"]]
+    if rep["weights"]:
+        lines += ["", "| layer | weight scales | output dB, only its weights quantized |",
+                  "|---|---|---|"]
+        lines += [f"| {w['layer']} | {w['weight_scales']} | {_db(w['alone_output_sqnr_db'])} |"
+                  for w in rep["weights"]]
+    wide = [r["tensor"] for r in rep["rows"] if r["field_range_ratio"] is not None
+            and r["field_range_ratio"] < 0.01]
+    if wide:
+        lines.append(f"Fields differ by more than two decades in range at: {', '.join(wide)} "
+                     "(per-tensor INT8 keeps few levels of the small fields; per-channel "
+                     "weights and the range criterion are what is left).")
+    collapsed = [f"{r['tensor']} ({len(r['collapsed_fields'])})" for r in rep["rows"]
+                 if r["collapsed_fields"]]
+    if collapsed:
+        lines.append(f"Fields within one INT8 step of zero: {', '.join(collapsed)}.")
     if rep["unmeasured"]:
         lines.append(f"No signal on the probes (not measured): {', '.join(rep['unmeasured'])}.")
     return lines
