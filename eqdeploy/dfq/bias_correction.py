@@ -65,14 +65,22 @@ def _clip_of(ops: list[str]) -> tuple[float, float]:
 
 def measured_input_means(pm: PlainModel, found: dict, inputs: np.ndarray
                          ) -> dict[str, torch.Tensor]:
-    """Per layer, the mean of each input channel over ``inputs`` (and space)."""
+    """Per layer, the mean of each input channel over ``inputs`` (and space), averaged over
+    each field of the input's layout: the mean over the inputs' orbits, so the correction is
+    shared by each field like the weights' scales (a finite sample's per-channel means differ
+    inside a field, and correcting with them would break exact equivariance)."""
     from eqdeploy.dfq.verify import taps
 
     vals = taps(pm, inputs, {lay.input for lay in found.values()})
     out = {}
     for name, lay in found.items():
         v = vals[lay.input].astype(np.float64)
-        out[name] = torch.from_numpy(v.mean(axis=tuple(a for a in range(v.ndim) if a != 1)))
+        m = v.mean(axis=tuple(a for a in range(v.ndim) if a != 1))
+        layout = pm.spec.tensors.get(lay.input)
+        if layout is not None and layout.channels == len(m):
+            for a, b in pm.spec.field_slices(layout):
+                m[a:b] = m[a:b].mean()
+        out[name] = torch.from_numpy(m)
     return out
 
 
