@@ -142,6 +142,7 @@ def absorb_high_bias(pm: PlainModel, orbit_agnostic: bool = False, sigmas: float
                 "approximate: border error measured" if padded != "always" else "approximate"
             entry["padding"] = decision
             if padded in ("measured", "exact") and not exact and not decision["absorb"]:
+                decision["method"] = "not absorbed"
                 skipped.append({**entry, "reason": "zero-padded consumer: absorbing would not "
                                 "shrink the INT8 step" if _exact_possible(lk) and padded ==
                                 "exact" else "zero-padded consumer: the border error would "

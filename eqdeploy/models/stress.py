@@ -50,10 +50,12 @@ class StressC4(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-def stress_c4(decades: float = 3.0, high_bias: float = 0.2, seed: int = 0) -> StressC4:
-    """The settled stress model (BN gammas over ``10**U(-decades/2, decades/2)`` per field)."""
+def stress_c4(decades: float = 3.0, high_bias: float = 0.2,
+              beta_over_gamma: tuple[float, float] = (2.0, 5.0), seed: int = 0) -> StressC4:
+    """The settled stress model (BN gammas over ``10**U(-decades/2, decades/2)`` per field; a
+    ``high_bias`` fraction of fields with ``beta / gamma ~ U(*beta_over_gamma)``)."""
     from eqdeploy.models.mobilenet import settle
 
     torch.manual_seed(seed)
     return settle(StressC4(), (8, 1, SIZE, SIZE), imbalance=decades / 2, seed=seed,
-                  high_bias=high_bias)
+                  high_bias=high_bias, high_bias_range=beta_over_gamma)

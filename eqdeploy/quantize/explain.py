@@ -9,6 +9,8 @@ For every quantization point q of the parameter set, on the probes:
   with q's scale and zero point), ORT's QDQ error; a low value with a high upstream SQNR says
   the tensor's own range is the problem (AIMET's quant analyzer separates the two the same
   way, layer by layer);
+- ``sqnr_drop_db``: how much lower q's SQNR is than its worst input's: the loss at q itself,
+  which names where the signal goes (the lowest SQNR is usually downstream of it);
 - ``worst_field``: the field (of q's layout) with the lowest cumulative SQNR, and its SQNR;
 - ``field_range_ratio``: min/max over fields of each field's largest |value| (1 = balanced);
   ``collapsed_fields``: fields whose values all lie within one quantization step of zero,
@@ -148,9 +150,11 @@ def explain(pm, qp: QuantParams, probes: np.ndarray, reference=None,
         worst = min(measured, key=lambda f: f["sqnr_db"]) if measured else None
         peaks = [f["max_abs"] for f in fields]
         lo, hi = qp.ranges.get(q, (float("nan"), float("nan")))
+        ups = sorted({qp.grid[a.name] for a in producer[q].all_input_nodes
+                      if a.name in qp.grid and qp.grid[a.name] != q})
         rows.append({
             "tensor": q, "op": str(producer[q].target).replace("aten.", "").split(".")[0],
-            "module": _module_path(producer[q]), "scale": scale, "zero_point": zp,
+            "module": _module_path(producer[q]), "scale": scale, "zero_point": zp, "inputs": ups,
             "range": [lo, hi], "sqnr_db": sqnr_db(r, o), "local_sqnr_db": sqnr_db(r, local),
             "clipped_fraction": float(np.mean((r < lo - scale / 2) | (r > hi + scale / 2))),
             "worst_field": None if worst is None else {
@@ -170,6 +174,14 @@ def explain(pm, qp: QuantParams, probes: np.ndarray, reference=None,
         raise EqdeployError("the per-layer report measured nothing: every tensor was zero "
                             "on the probes", "pass real probe inputs with --probes")
     lowest = min(measured, key=lambda r: r["sqnr_db"])
+    by_name = {r["tensor"]: r for r in rows}
+    for r in rows:  # SQNR lost at this tensor: its inputs' worst SQNR minus its own
+        ups = [by_name[u]["sqnr_db"] for u in r["inputs"]
+               if u in by_name and by_name[u]["sqnr_db"] is not None]
+        r["sqnr_drop_db"] = (min(ups) - r["sqnr_db"]) if ups and r["sqnr_db"] is not None \
+            and math.isfinite(min(ups)) else None
+    drops = [r for r in rows if r["sqnr_drop_db"] is not None]
+    largest_drop = max(drops, key=lambda r: r["sqnr_drop_db"]) if drops else None
     lowest_local = min((r for r in rows if r["local_sqnr_db"] is not None),
                        key=lambda r: r["local_sqnr_db"])
     w_only = simulate_with(pm, qp, quantize_activations=False)
@@ -182,6 +194,8 @@ def explain(pm, qp: QuantParams, probes: np.ndarray, reference=None,
             "weights_alone_output_sqnr_db": sqnr_db(y_ref, w_only.numpy(probes)),
             "weights": weight_rows,
             "lowest_sqnr": {"tensor": lowest["tensor"], "sqnr_db": lowest["sqnr_db"]},
+            "largest_drop": None if largest_drop is None else {
+                "tensor": largest_drop["tensor"], "sqnr_drop_db": largest_drop["sqnr_drop_db"]},
             "lowest_local_sqnr": {"tensor": lowest_local["tensor"],
                                   "local_sqnr_db": lowest_local["local_sqnr_db"]},
             "unmeasured": [r["tensor"] for r in rows if r["sqnr_db"] is None]}
@@ -241,7 +255,10 @@ def explain_markdown(rep: dict) -> list[str]:
               f"quantized. Lowest SQNR: **{low['tensor']}** ({_db(low['sqnr_db'])} dB); "
               "lowest local "
               f"SQNR: {rep['lowest_local_sqnr']['tensor']} "
-              f"({_db(rep['lowest_local_sqnr']['local_sqnr_db'])} dB)."]
+              f"({_db(rep['lowest_local_sqnr']['local_sqnr_db'])} dB)"
+              + ("." if rep["largest_drop"] is None else
+                 f"; largest loss at one tensor: {rep['largest_drop']['tensor']} "
+                 f"({rep['largest_drop']['sqnr_drop_db']:.1f} dB below its inputs).")]
     if rep["weights"]:
         lines += ["", "| layer | weight scales | output dB, only its weights quantized |",
                   "|---|---|---|"]

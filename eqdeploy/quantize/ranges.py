@@ -2,7 +2,7 @@
 
 ``minmax`` covers every value seen. ``percentile`` clips to the ``[p, 100 - p]`` percentiles
 (p = 0.01). ``mse`` is the measured criterion: for each quantization point, the clipping
-``[a lo, a hi]`` (a over 0.20 ... 1.00 in steps of 0.02, min/max included) whose INT8
+``[a lo, a hi]`` (a = 2^(-k/8), k = 0 ... 48: 1 down to 1/64, min/max included) whose INT8
 fake-quant ``q`` minimizes the mean squared error ``E[(q(x) - x)^2]`` over the recorded
 values, so a range is narrowed only where the rounding error it removes outweighs the
 clipping error it adds (ReLU outputs: lo = 0, only hi moves). Every choice is reported per
@@ -21,7 +21,7 @@ from eqdeploy.quantize.params import QMAX, QMIN, activation_qparams
 
 METHODS = ("minmax", "percentile", "mse")
 PERCENTILE = 0.01  # percent clipped at each end by ``percentile``
-MSE_FACTORS = np.round(np.arange(0.20, 1.0001, 0.02), 4)
+MSE_FACTORS = 2.0 ** (-np.arange(0, 49) / 8)
 SAMPLES_PER_POINT = 1 << 17  # values kept per tensor (a seeded random subset)
 
 
