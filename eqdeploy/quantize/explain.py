@@ -231,21 +231,24 @@ def _db(v) -> str:
 
 
 def explain_markdown(rep: dict) -> list[str]:
-    """The per-layer table as Markdown lines."""
+    """The per-layer table as Markdown lines (the sensitivity column when it was measured)."""
+    alone = any(r["alone_output_sqnr_db"] is not None for r in rep["rows"])
     lines = [f"Per quantization point, on {rep['probes']} probes: SQNR of the INT8 simulation "
              "against FP32 at that tensor (accumulated error), of its own rounding alone "
-             "(local), of the model output when only this tensor is quantized (alone), the worst "
-             "field, and the fields' range ratio (min/max of each field's "
-             "largest |value|).", "",
-             "| tensor | op | module | SQNR dB | local dB | output dB, alone | worst field (dB) "
-             "| field range ratio | collapsed fields | clipped |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "(local), " + ("of the model output when only this tensor is quantized (alone), "
+                            if alone else "") + "the worst field, and the fields' range ratio "
+             "(min/max of each field's largest |value|).", "",
+             "| tensor | op | module | SQNR dB | local dB | " + ("output dB, alone | "
+                                                              if alone else "")
+             + "worst field (dB) | field range ratio | collapsed fields | clipped |",
+             "|---|---|---|---|---|" + ("---|" if alone else "") + "---|---|---|---|"]
     for r in rep["rows"]:
         w = r["worst_field"]
         ratio = r["field_range_ratio"]
         lines.append(
             f"| {r['tensor']} | {r['op']} | {r['module'] or '-'} | {_db(r['sqnr_db'])} | "
-            f"{_db(r['local_sqnr_db'])} | {_db(r['alone_output_sqnr_db'])} | "
+            f"{_db(r['local_sqnr_db'])} | "
+            + (f"{_db(r['alone_output_sqnr_db'])} | " if alone else "")
             + ("-" if w is None else f"{w['field']} ({_db(w['sqnr_db'])})")
             + f" | {'-' if ratio is None else f'{ratio:.3g}'} | "
             f"{len(r['collapsed_fields'])}/{r['fields']} | {r['clipped_fraction']:.2%} |")
