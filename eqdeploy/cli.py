@@ -144,7 +144,7 @@ Examples:
 @click.option("--ranges", "range_method", type=click.Choice(["minmax", "percentile", "mse"]),
               default="minmax", show_default=True,
               help="Activation ranges over the calibration (or distilled) inputs: min/max, "
-                   "0.01%% percentiles, or the clipping with the least INT8 MSE.")
+                   "0.01 percent percentiles, or the clipping with the least INT8 MSE.")
 @click.option("--explain", is_flag=True,
               help="Add sensitivities to the per-layer INT8 report: the output SQNR with only "
                    "one tensor, or one layer's weights, quantized (a simulation each).")
