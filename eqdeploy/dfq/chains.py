@@ -83,6 +83,8 @@ def _shape(n: fx.Node) -> tuple:
 
 def _dims(n: fx.Node, ndim: int) -> list[int]:
     d = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+    if d is None or (isinstance(d, (list, tuple)) and len(d) == 0):
+        return list(range(ndim))  # a full reduction
     d = [d] if isinstance(d, int) else list(d)
     return sorted({int(a) % ndim for a in d})
 
