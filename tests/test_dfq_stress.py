@@ -99,6 +99,30 @@ def test_scales_through_group_pooling_hand_computed():
     assert _rel(_out(new, x), _out(pm, x)) <= 1e-5
 
 
+def test_chains_through_pools_and_flatten_into_a_linear():
+    """avg pool and a flatten of a 3x3 map: column j of the head reads channel j // 9."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                        nn.Linear(4 * 9, 2)).eval()
+    with torch.no_grad():
+        net[0].weight.mul_(torch.tensor([10.0, 1.0, 0.1, 3.0]).reshape(4, 1, 1, 1))
+    pm = M.export_conventional(net, torch.randn(1, 1, 8, 8))
+    (link,), _ = walk(pm)
+    assert link.consumer.node == "linear" and not link.identity
+    assert link.column_unit.tolist() == [u for u in range(4) for _ in range(9)]
+    before = layers(pm)
+    r1 = before["conv2d"].out_ranges()
+    r2 = before["linear"].weight.detach().abs().reshape(2, 4, 9).amax(dim=(0, 2))
+    s = torch.sqrt(r1 / r2)  # one pair: converged after one sweep
+    new, rep = equalize(pm)
+    torch.testing.assert_close(layers(new)["conv2d"].weight,
+                               before["conv2d"].weight / s.reshape(4, 1, 1, 1))
+    torch.testing.assert_close(layers(new)["linear"].weight,
+                               before["linear"].weight * s.repeat_interleave(9).reshape(1, 36))
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    assert _rel(_out(new, x), _out(pm, x)) <= 1e-5
+
+
 def test_group_pooling_chain_keeps_function_and_equivariance(stress):
     pm, folded = stress
     new, rep = equalize(folded)
