@@ -136,6 +136,18 @@ Examples:
 @click.option("--orbit-agnostic", is_flag=True,
               help="Equalize per channel like AIMET (for comparison; may break field "
                    "structure) instead of one scale per field.")
+@click.option("--absorb-padded", type=click.Choice(["exact", "measured", "never", "always"]),
+              default="exact", show_default=True,
+              help="High-bias absorption into a zero-padded conv: exactly, through constant "
+                   "channels (else by the measured criterion), only where the measured border "
+                   "error is below the rounding noise it removes, never, or always.")
+@click.option("--ranges", "range_method", type=click.Choice(["minmax", "percentile", "mse"]),
+              default="minmax", show_default=True,
+              help="Activation ranges over the calibration (or distilled) inputs: min/max, "
+                   "0.01 percent percentiles, or the clipping with the least INT8 MSE.")
+@click.option("--explain", is_flag=True,
+              help="Add sensitivities to the per-layer INT8 report: the output SQNR with only "
+                   "one tensor, or one layer's weights, quantized (a simulation each).")
 @click.option("--probes", "probe_inputs", type=click.Path(exists=False), default=None,
               help="Real probe inputs (.npz or image folder) to verify with [default: "
                    "seeded noise].")
@@ -154,7 +166,8 @@ Examples:
 def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, float_io,
             calibration, data_free,
             input_norm, no_dfq, no_cle, no_absorb, no_bias_correction, orbit_agnostic,
-            probe_inputs, n_probes, tap, allow_misaligned, allow_broken, mask_radius):
+            absorb_padded, range_method, explain, probe_inputs, n_probes, tap,
+            allow_misaligned, allow_broken, mask_radius):
     """Convert an equivariant MODEL to a plain conv network and write verified artifacts.
 
     MODEL is a whole pickled model (torch.save(model), pickle/dill/cloudpickle: unpickling
@@ -174,7 +187,8 @@ def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, f
     targets = ["onnx", "tflite"] if target == "all" else [target]
     dfq = DfqOptions(enabled=not no_dfq, cle=not no_cle, absorb=not no_absorb,
                      bias_correction=not no_bias_correction, orbit_agnostic=orbit_agnostic,
-                     weights="per_tensor" if per_tensor else "per_channel")
+                     weights="per_tensor" if per_tensor else "per_channel",
+                     absorb_padded=absorb_padded)
     opts = ConvertOptions(targets=targets, outdir=Path(outdir),
                           input_shape=_parse_shape(input_shape), arch=arch, group=group,
                           probes=n_probes, allow_misaligned=allow_misaligned,
@@ -184,7 +198,8 @@ def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, f
                           data_free=data_free,
                           input_norm=_parse_norm(input_norm),
                           probe_inputs=Path(probe_inputs) if probe_inputs else None, dfq=dfq,
-                          tap=tap, mask_radius=mask_radius)
+                          tap=tap, mask_radius=mask_radius, ranges=range_method,
+                          explain=explain)
     start = time.perf_counter()
 
     def progress(msg: str) -> None:

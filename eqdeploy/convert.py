@@ -22,7 +22,7 @@ import torch
 
 from eqdeploy import __version__
 from eqdeploy.adapters.plain import discover_plain
-from eqdeploy.dfq import DfqOptions, fold_batchnorm, run_dfq
+from eqdeploy.dfq import DfqOptions, fold_batchnorm, run_dfq_with_reference
 from eqdeploy.errors import EqdeployError
 from eqdeploy.export import PlainModel, detect_framework, export_equivariant
 from eqdeploy.harness.bench import sha256_file
@@ -44,7 +44,9 @@ from eqdeploy.normalize import normalize
 from eqdeploy.normalize.support import check_support
 from eqdeploy.quantize.calibrate import load_calibration
 from eqdeploy.quantize.distill import distill_inputs, has_batchnorm
+from eqdeploy.quantize.explain import explain
 from eqdeploy.quantize.params import QuantParams, compute_qparams
+from eqdeploy.quantize.ranges import select_ranges
 from eqdeploy.quantize.simulate import simulate_with
 from eqdeploy.report.convert_markdown import convert_markdown
 from eqdeploy.report.plots import write_convert_plots
@@ -56,6 +58,7 @@ REPORT_SCHEMA = "eqdeploy.convert"
 REPORT_VERSION = 1
 EXPORT_TOL = 1e-5  # exported graph vs source, relative to the output's max magnitude
 SOURCE_EQUIVARIANCE_TOL = 1e-3  # above this the source model itself is not equivariant
+EXPLAIN_PROBES = 64  # probes the per-layer INT8 report runs on (two float64 passes each)
 
 
 @dataclass
@@ -81,6 +84,8 @@ class ConvertOptions:
     dfq: DfqOptions = field(default_factory=DfqOptions)
     tap: str | None = None  # module path whose output gets its own verified artifacts
     mask_radius: float | None = None  # interpolated elements' disc [default: the spec's, 1.0]
+    ranges: str = "minmax"  # activation ranges over calibration inputs: minmax|percentile|mse
+    explain: bool = False  # per-layer report with sensitivities (one simulation per tensor)
 
 
 def _first_input_channels(module: torch.nn.Module) -> int | None:
@@ -140,17 +145,8 @@ def _quantize(plain: PlainModel, options: ConvertOptions, shape, probes, source_
               timings) -> dict:
     """DFQ, then the one parameter set for every target, then its torch simulation."""
     t = stage("DFQ: fold BN, equalize per field, absorb high biases, correct bias")
-    if options.dfq.enabled:
-        folded, dfq_report = run_dfq(plain, options.dfq)
-    else:  # integer kernels have no BN: fold it even without DFQ
-        folded, fold_report = fold_batchnorm(plain)
-        dfq_report = {"skipped": "--no-dfq", "passes": {"fold": fold_report}}
-    timings["dfq"] = time.perf_counter() - t
     distill = options.calibration is None and options.data_free == "distilled" \
         and has_batchnorm(plain)
-    t = stage("INT8 parameters (" + ("calibration" if options.calibration else
-                                     "data-free: inputs distilled from BN statistics"
-                                     if distill else "data-free, from BN statistics") + ")")
     mean, std = options.input_norm or (None, None)
     input_range = None
     if mean is not None:
@@ -162,8 +158,24 @@ def _quantize(plain: PlainModel, options: ConvertOptions, shape, probes, source_
     elif distill:
         distilled = {}
         cal = distill_inputs(plain, shape, input_range, seed=options.seed, info=distilled)
+    if options.dfq.enabled:  # inputs, when there are: empirical bias correction
+        folded, dfq_report, reference = run_dfq_with_reference(plain, options.dfq, cal)
+    else:  # integer kernels have no BN: fold it even without DFQ
+        folded, fold_report = fold_batchnorm(plain)
+        reference = folded
+        dfq_report = {"skipped": "--no-dfq", "passes": {"fold": fold_report}}
+    timings["dfq"] = time.perf_counter() - t
+    t = stage("INT8 parameters (" + ("calibration" if options.calibration else
+                                     "data-free: inputs distilled from BN statistics"
+                                     if distill else "data-free, from BN statistics") + ")")
+    range_report: dict = {}
     qp = compute_qparams(folded, per_channel=not options.per_tensor, calibration=cal,
-                         input_range=input_range)
+                         input_range=input_range,
+                         range_selector=select_ranges(options.ranges, range_report)
+                         if cal is not None else None)
+    if cal is not None and options.ranges != "minmax":
+        qp.notes.append(f"activation ranges: {options.ranges} over the calibration inputs "
+                        "(per tensor: quantization.ranges)")
     if distilled is not None:
         qp.ranges_from = "distilled"
         qp.notes.append(f"data-free ranges: min/max over {distilled['n']} inputs distilled "
@@ -178,8 +190,13 @@ def _quantize(plain: PlainModel, options: ConvertOptions, shape, probes, source_
     from eqdeploy.graph_layouts import output_node
 
     out_step = qp.act_for(output_node(folded.program.graph_module).name)[0]
+    t = stage("per-layer INT8 error report" + (" with sensitivities" if options.explain else ""))
+    per_layer = explain(folded, qp, probes[:EXPLAIN_PROBES], reference,
+                        sensitivity=options.explain)
+    timings["explain"] = time.perf_counter() - t
     return {"model": folded, "params": qp, "dfq_report": dfq_report,
-            "simulation_out": sim_out, "simulation_row": row, "output_step": out_step}
+            "simulation_out": sim_out, "simulation_row": row, "output_step": out_step,
+            "per_layer": per_layer, "ranges": range_report or None}
 
 
 def _int8_fidelity(runner, probes: np.ndarray, sim_out: np.ndarray, out_step: float,
@@ -445,7 +462,8 @@ def convert(model_path: str | Path, options: ConvertOptions,
             "probes": probe_info,
             "verification": verification,
             "quantization": None if quant is None else {
-                "params": quant["params"].to_json(), "dfq": quant["dfq_report"]},
+                "params": quant["params"].to_json(), "dfq": quant["dfq_report"],
+                "per_layer": quant["per_layer"], "ranges": quant["ranges"]},
             "artifacts": artifacts,
             "interpolated": {"method": METHOD, "mask_radius": spec.mask_radius,
                              "elements": [e.name for e in interpolated_elements(spec)]},

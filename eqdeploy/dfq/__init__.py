@@ -11,14 +11,16 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from eqdeploy.dfq.absorb import absorb_high_bias
 from eqdeploy.dfq.bias_correction import correct_bias
 from eqdeploy.dfq.equalize import equalize
 from eqdeploy.dfq.fold import fold_batchnorm, replace_relu6
 from eqdeploy.export import PlainModel
 
-__all__ = ["DfqOptions", "run_dfq", "fold_batchnorm", "replace_relu6", "equalize",
-           "absorb_high_bias", "correct_bias"]
+__all__ = ["DfqOptions", "run_dfq", "run_dfq_with_reference", "fold_batchnorm",
+           "replace_relu6", "equalize", "absorb_high_bias", "correct_bias"]
 
 
 @dataclass
@@ -36,26 +38,43 @@ class DfqOptions:
     cle_tolerance: float = 1e-6
     cle_max_sweeps: int = 100
     absorb_sigmas: float = 3.0
-    absorb_padded: bool = False
+    absorb_padded: str = "exact"  # zero-padded consumers: never | measured | exact | always
 
 
-def run_dfq(pm: PlainModel, options: DfqOptions | None = None) -> tuple[PlainModel, dict]:
-    """Run the enabled passes in order; the report has one section per pass."""
+def run_dfq(pm: PlainModel, options: DfqOptions | None = None,
+            inputs: np.ndarray | None = None) -> tuple[PlainModel, dict]:
+    """Run the enabled passes in order; the report has one section per pass. ``inputs``
+    (calibration or distilled inputs), when given, make bias correction empirical and set the
+    constants of exact absorption to their tensors' measured maxima."""
+    model, report, _ = run_dfq_with_reference(pm, options, inputs)
+    return model, report
+
+
+def run_dfq_with_reference(pm: PlainModel, options: DfqOptions | None = None,
+                           inputs: np.ndarray | None = None
+                           ) -> tuple[PlainModel, dict, PlainModel]:
+    """``run_dfq`` plus the graph before bias correction: the FP32 function the INT8 model
+    must reproduce (folding, CLE and absorption keep it; bias correction moves FP32 biases
+    on purpose), with the same node names, for per-layer comparisons."""
     opt = options or DfqOptions()
     report: dict = {"options": asdict(opt), "passes": {}}
     if not opt.enabled:
-        return pm, report
+        return pm, report, pm
     steps = [
         ("fold", opt.fold, lambda m: fold_batchnorm(m)),
         ("relu6_to_relu", opt.relu6_to_relu, lambda m: replace_relu6(m)),
         ("cle", opt.cle, lambda m: equalize(m, opt.orbit_agnostic, opt.cle_tolerance,
                                             opt.cle_max_sweeps)),
         ("absorb", opt.absorb, lambda m: absorb_high_bias(m, opt.orbit_agnostic,
-                                                          opt.absorb_sigmas, opt.absorb_padded)),
+                                                          opt.absorb_sigmas, opt.absorb_padded,
+                                                          inputs)),
         ("bias_correction", opt.bias_correction,
-         lambda m: correct_bias(m, opt.weights, opt.orbit_agnostic)),
+         lambda m: correct_bias(m, opt.weights, opt.orbit_agnostic, inputs)),
     ]
+    reference = pm
     for name, on, fn in steps:
+        if name == "bias_correction":
+            reference = pm
         if not on:
             report["passes"][name] = {"skipped": "disabled"}
             continue
@@ -63,4 +82,4 @@ def run_dfq(pm: PlainModel, options: DfqOptions | None = None) -> tuple[PlainMod
         pm, rep = fn(pm)
         rep["seconds"] = round(time.perf_counter() - t0, 3)
         report["passes"][name] = rep
-    return pm, report
+    return pm, report, reference

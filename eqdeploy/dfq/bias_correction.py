@@ -8,14 +8,17 @@ the layer feeding it: a normal N(beta, gamma^2) clipped by the activation,
                        + b (1 - Phi(b')),   alpha = (a - beta) / gamma,  b' = (b - beta) / gamma
 
 (ReLU: a = 0, b = inf, giving ``beta (1 - Phi(-beta/gamma)) + gamma phi(-beta/gamma)``;
-no activation: beta). Layers whose input has no statistics (the first layer, after an add
-or a group pooling) are left alone.
+no activation: beta). Layers whose input has no statistics (the first layer, after a max pool,
+an add or a group pooling) are left alone, unless inputs are given (the calibration set or
+the inputs distilled from the BN statistics): then E[x] is measured at every layer's input
+on the FP32 graph being corrected (empirical bias correction), which covers every layer.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from eqdeploy.dfq.graph import clone, input_chain, layers, stats_of
@@ -60,26 +63,54 @@ def _clip_of(ops: list[str]) -> tuple[float, float]:
     return lo, hi
 
 
-def correct_bias(pm: PlainModel, weights: str = "per_channel", orbit_agnostic: bool = False
-                 ) -> tuple[PlainModel, dict]:
-    """Subtract the expected output error of INT8 weights from every layer's bias."""
+def measured_input_means(pm: PlainModel, found: dict, inputs: np.ndarray
+                         ) -> dict[str, torch.Tensor]:
+    """Per layer, the mean of each input channel over ``inputs`` (and space), averaged over
+    each field of the input's layout: the mean over the inputs' orbits, so the correction is
+    shared by each field like the weights' scales (a finite sample's per-channel means differ
+    inside a field, and correcting with them would break exact equivariance)."""
+    from eqdeploy.dfq.verify import taps
+
+    vals = taps(pm, inputs, {lay.input for lay in found.values()})
+    out = {}
+    for name, lay in found.items():
+        v = vals[lay.input].astype(np.float64)
+        m = v.mean(axis=tuple(a for a in range(v.ndim) if a != 1))
+        layout = pm.spec.tensors.get(lay.input)
+        if layout is not None and layout.channels == len(m):
+            for idx in pm.spec.field_channels(layout):
+                m[idx] = m[idx].mean()
+        out[name] = torch.from_numpy(m)
+    return out
+
+
+def correct_bias(pm: PlainModel, weights: str = "per_channel", orbit_agnostic: bool = False,
+                 inputs: np.ndarray | None = None) -> tuple[PlainModel, dict]:
+    """Subtract the expected output error of INT8 weights from every layer's bias
+    (E[x] analytical from BN statistics, or measured on ``inputs``)."""
     work = clone(pm)
     found = layers(work)
+    measured = None if inputs is None else measured_input_means(work, found, inputs)
     corrected, skipped = [], []
     for name, layer in found.items():
-        chain = input_chain(work, layer, found)
+        chain = input_chain(work, layer, found) if measured is None else None
         st = stats_of(work, chain[0].node) if chain else None
-        if st is None or layer.bias is None:
+        if (st is None and measured is None) or layer.bias is None:
             skipped.append({"layer": name, "reason": "no BN statistics for its input"
                             if layer.bias is not None else "no bias"})
             continue
-        lo, hi = _clip_of(chain[1])
-        ex = clipped_normal_mean(st[0], st[1], lo, hi)
+        if measured is not None:
+            ex = measured[name]
+        else:
+            lo, hi = _clip_of(chain[1])
+            ex = clipped_normal_mean(st[0], st[1], lo, hi)
         sl = weight_slices(work, name, layer.out_channels, not orbit_agnostic)
         wq = fake_quant_weight(layer.weight.detach(), weights == "per_channel", sl)
         delta = layer.apply_in(ex, weight=(wq.double() - layer.weight.detach().double()))
         with torch.no_grad():
             layer.bias.sub_(delta.to(layer.bias.dtype))
-        corrected.append({"layer": name, "input_from": chain[0].node,
+        corrected.append({"layer": name, "input_from": chain[0].node if chain else layer.input,
                           "max_abs_correction": float(delta.abs().max())})
-    return work, {"corrected": corrected, "skipped": skipped, "weights": weights}
+    return work, {"corrected": corrected, "skipped": skipped, "weights": weights,
+                  "expectation": "analytical (BN statistics)" if inputs is None else
+                  f"measured on {len(inputs)} inputs"}

@@ -1,4 +1,5 @@
-"""Graph plumbing shared by the DFQ passes: copies, re-export, layers, links, units.
+"""Graph plumbing shared by the DFQ passes: copies, re-export, layers, units (chains:
+``eqdeploy.dfq.chains``).
 
 A pass never mutates its input: ``clone`` deep-copies the program (parameter values are
 then edited in place in the copy's ``state_dict``); structural passes edit
@@ -9,7 +10,7 @@ layout over to the new node names.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,12 +26,6 @@ CONV = aten.conv2d.default
 LINEAR = aten.linear.default
 RELU = (aten.relu.default, aten.relu_.default)
 RELU6 = (aten.hardtanh.default, aten.hardtanh_.default, aten.relu6.default, aten.clamp.default)
-# Ops that act on each channel alone and commute with a positive per-channel scale.
-POS_HOMOGENEOUS = {*RELU, aten.max_pool2d.default, aten.avg_pool2d.default,
-                   aten.adaptive_avg_pool2d.default, aten.mean.dim, aten.flatten.using_ints,
-                   aten.clone.default, aten.dropout.default, aten.contiguous.default,
-                   aten.alias.default, aten.detach.default}
-
 STATS_KEY = "bn_stats"  # PlainModel.info[STATS_KEY][node] = {"mean": [...], "std": [...]}
 
 
@@ -170,57 +165,6 @@ def layers(pm: PlainModel) -> dict[str, Layer]:
             padding = tuple(pad) if isinstance(pad, (list, tuple)) else (pad, pad)
         out[n.name] = Layer(n.name, args[0].name, tensor_of(pm.program, args[1]),
                             tensor_of(pm.program, bias), groups, padding)
-    return out
-
-
-@dataclass
-class Link:
-    """``producer -> ops -> consumer``: the producer's output reaches only the consumer."""
-
-    producer: Layer
-    consumer: Layer
-    ops: list[str] = field(default_factory=list)  # aten op names between them
-
-    @property
-    def has_relu(self) -> bool:
-        return any(o.startswith("aten.relu") for o in self.ops)
-
-
-def _users(pm: PlainModel) -> dict[str, list[fx.Node]]:
-    return {n.name: list(n.users) for n in pm.program.graph.nodes}
-
-
-def links(pm: PlainModel, found: dict[str, Layer] | None = None) -> list[Link]:
-    """Producer->consumer pairs joined only by per-channel positive-homogeneous ops.
-
-    A chain ends at residual adds, concatenations, group pooling and at any tensor with
-    more than one consumer.
-    """
-    found = layers(pm) if found is None else found
-    nodes = {n.name: n for n in pm.program.graph.nodes}
-    out = []
-    for name, layer in found.items():
-        node, ops = nodes[name], []
-        while True:
-            users = list(node.users)
-            if len(users) != 1:
-                break
-            nxt = users[0]
-            if nxt.name in found and nxt.args[0] is node:
-                cons = found[nxt.name]
-                if cons.in_channels == layer.out_channels:
-                    out.append(Link(layer, cons, ops))
-                break
-            if nxt.target not in POS_HOMOGENEOUS or nxt.args[0] is not node:
-                break
-            if nxt.target == aten.flatten.using_ints:
-                shape = tuple(node.meta["val"].shape)
-                if len(shape) == 4 and shape[2:] != (1, 1):
-                    break
-            if nxt.target == aten.mean.dim and sorted(int(d) % 4 for d in nxt.args[1]) != [2, 3]:
-                break
-            ops.append(str(nxt.target.overloadpacket).replace("aten::", "aten."))
-            node = nxt
     return out
 
 

@@ -153,13 +153,15 @@ class MobileNetV2(nn.Module):
 
 
 def settle(model: nn.Module, shape: tuple[int, ...], imbalance: float = 0.0, batches: int = 4,
-           seed: int = 0, high_bias: float = 0.25) -> nn.Module:
+           seed: int = 0, high_bias: float = 0.25,
+           high_bias_range: tuple[float, float] = (2.0, 5.0)) -> nn.Module:
     """Give BN layers trained-looking statistics, then eval().
 
     ``imbalance`` > 0 spreads each BN's gammas over ``10**U(-imbalance, imbalance)`` per field
     (per channel for plain BN); set before the statistics settle, so the next BN
     renormalizes it and consecutive folded layers get reciprocal per-field ranges, as in
-    trained nets. A ``high_bias`` fraction of fields gets ``beta = gamma * U(2, 5)`` (ReLU
+    trained nets. A ``high_bias`` fraction of fields gets ``beta = gamma * U(a, b)``
+    (``high_bias_range``, default (2, 5); ReLU
     inputs that are nearly always positive: what high-bias absorption is for). The head is
     centred on the settle batches so that the argmax varies with the input.
     """
@@ -171,7 +173,8 @@ def settle(model: nn.Module, shape: tuple[int, ...], imbalance: float = 0.0, bat
                 m.weight.uniform_(0.5, 1.5, generator=gen)
                 m.bias.uniform_(-0.3, 0.5, generator=gen)
                 high = torch.rand(m.bias.shape, generator=gen) < high_bias
-                m.bias.copy_(torch.where(high, m.weight * (2 + 3 * torch.rand(
+                lo, hi = high_bias_range
+                m.bias.copy_(torch.where(high, m.weight * (lo + (hi - lo) * torch.rand(
                     m.bias.shape, generator=gen)), m.bias))
                 if imbalance:
                     spread = 10 ** ((torch.rand(m.weight.shape, generator=gen) * 2 - 1)

@@ -347,11 +347,14 @@ def calibration_ranges(gm: fx.GraphModule, points: set[str], x: np.ndarray
 def compute_qparams(pm, per_channel: bool = True, calibration: np.ndarray | None = None,
                     input_mean: float | np.ndarray = 0.0, input_std: float | np.ndarray = 1.0,
                     n_sigma: float = 6.0, orbit_shared: bool = True,
-                    input_range: tuple[float, float] | None = None) -> QuantParams:
+                    input_range: tuple[float, float] | None = None,
+                    range_selector=None) -> QuantParams:
     """The parameter set for ``pm`` (BN folded, e.g. the DFQ stage's output).
 
     ``input_range``: the exact range of the model input when its normalization is known
     (pixels in [0, 1] normalized by mean/std give [-mean/std, (1-mean)/std]).
+    ``range_selector(gm, points, calibration) -> ranges`` replaces min/max over the
+    calibration inputs (``eqdeploy.quantize.ranges``: percentile, MSE).
     """
     from eqdeploy.dfq.graph import STATS_KEY, layers
 
@@ -360,7 +363,7 @@ def compute_qparams(pm, per_channel: bool = True, calibration: np.ndarray | None
     grid = grid_of(gm, points, producer)
     notes = []
     if calibration is not None:
-        ranges = calibration_ranges(gm, set(points), calibration)
+        ranges = (range_selector or calibration_ranges)(gm, set(points), calibration)
         source = "calibration"
     else:
         stats = propagate_stats(gm, pm.info.get(STATS_KEY, {}), np.asarray(input_mean, float),

@@ -76,6 +76,11 @@ def _int8_sections(report: dict) -> list[str]:
               f"- DFQ: {dfq.get('skipped') or ', '.join(done)}",
               *[f"- {n}" for n in q.get("notes", [])],
               "- every scale and zero point: `quantization.params` in the JSON report"]
+    if report["quantization"].get("per_layer"):
+        from eqdeploy.quantize.explain import explain_markdown
+
+        lines += ["", "## Per-layer INT8 error", "",
+                  *explain_markdown(report["quantization"]["per_layer"])]
     return lines
 
 
