@@ -33,6 +33,12 @@ def read_arrays(path: Path, role: str, shape: tuple[int, ...] | None = None
     if not path.is_file():
         raise EqdeployError(f"{role} file {path} does not exist",
                             f"pass an .npz with float32 inputs {expected(shape)}")
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if not (head.startswith(b"PK") or head == b"\x93NUMPY"):
+        raise EqdeployError(f"{role} file {path} is unreadable (not an .npz or .npy file)",
+                            f"pass an .npz/.npy with float32 inputs {expected(shape)}, written "
+                            "with numpy.savez")
     try:
         data = np.load(path, allow_pickle=False)
         if isinstance(data, np.ndarray):

@@ -52,11 +52,15 @@ def _factory(arch: str):
                             ) from None
 
 
+def _a(noun: str) -> str:
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
+
+
 def _build(arch: str) -> nn.Module:
     """Call the ``--arch`` factory; its failures become one line naming it."""
     factory = _factory(arch)
     if not callable(factory):
-        raise EqdeployError(f"--arch {arch} is a {type(factory).__name__}, not a factory",
+        raise EqdeployError(f"--arch {arch} is {_a(type(factory).__name__)}, not a factory",
                             "name a function or class that builds the model")
     try:
         inspect.signature(factory).bind()
@@ -75,7 +79,7 @@ def _build(arch: str) -> nn.Module:
         raise EqdeployError(f"--arch {arch} raised {type(e).__name__}: {first}",
                             "fix the factory (--debug shows its traceback)") from e
     if not isinstance(model, nn.Module):
-        raise EqdeployError(f"--arch {arch} returned a {type(model).__name__}",
+        raise EqdeployError(f"--arch {arch} returned {_a(type(model).__name__)}",
                             "the factory must return an nn.Module")
     return model
 
@@ -178,7 +182,7 @@ def _unpickle(path: Path, zipped: bool) -> Loaded:
         if _state_dict(obj) is not None:
             raise EqdeployError(f"{path} is a state-dict checkpoint, not a whole model",
                                 "pass --arch package.module:factory that builds the model")
-        raise EqdeployError(f"{path} holds a {type(obj).__name__}, not a torch module",
+        raise EqdeployError(f"{path} holds {_a(type(obj).__name__)}, not a torch module",
                             "save the model with torch.save(model) or pass --arch")
     if missing:
         raise EqdeployError(f"{path} needs the module {missing!r} to unpickle, which is not "

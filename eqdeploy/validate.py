@@ -254,6 +254,8 @@ def preflight(model_path: str | Path, options: Any, given: list[str] | None = No
         raise EqdeployError(f"{model_path} " + ("is a folder" if model_path.is_dir()
                                                 else "does not exist"),
                             "pass the path of a saved model file")
+    if model_path.stat().st_size == 0:
+        raise EqdeployError(f"{model_path} is empty", "save the model again")
     for t in options.targets:
         if t not in TARGETS:
             raise EqdeployError(f"unknown target {t!r}", f"use one of {sorted(TARGETS)} or all")

@@ -46,10 +46,6 @@ def bundled_probes_path(artifact: str | Path) -> Path:
     return Path(f"{artifact}{PROBES_SUFFIX}")
 
 
-def _shape_str(shape: tuple[int, ...]) -> str:
-    return "(N, " + ", ".join(str(s) for s in shape[1:]) + ")"
-
-
 def _load_arrays(path: Path) -> dict[str, np.ndarray]:
     arrays = read_arrays(path, "probe")
     return {"inputs": arrays[""]} if "" in arrays else arrays  # a plain .npy: inputs only
@@ -80,11 +76,8 @@ def validate(arrays: dict[str, np.ndarray], input_shape: tuple[int, ...], where:
     ``eqdeploy.input_arrays``); labels are ``labels`` or ``<key>_labels``."""
     path = Path(where)
     key = pick_key(arrays, path, "probe")
-    x = check_inputs(arrays[key], path, "probe", key, [], rank=len(input_shape))
-    if tuple(x.shape[1:]) != tuple(input_shape[1:]):
-        raise EqdeployError(f"{where}: '{key}' has shape {tuple(x.shape)}, expected "
-                            f"{_shape_str(input_shape)} with N >= 1",
-                            "give probes at the artifact's input size")
+    x = check_inputs(arrays[key], path, "probe", key, [], shape=tuple(input_shape),
+                     rank=len(input_shape))
     ref = arrays.get("reference")
     if ref is not None and (ref.ndim < 1 or len(ref) != len(x)
                             or not np.issubdtype(ref.dtype, np.floating)):

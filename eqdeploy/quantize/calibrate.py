@@ -59,21 +59,23 @@ class Inputs:
 
 
 def read_inputs(path: str | Path, role: str = "calibration",
-                keys: tuple[str, ...] | None = None) -> Inputs:
-    """Read and check ``path`` by the format rules, without the model's shape."""
+                keys: tuple[str, ...] | None = None,
+                shape: tuple[int, ...] | None = None) -> Inputs:
+    """Read and check ``path`` by the format rules (``shape``: the model's input, if known;
+    ``Inputs.check_shape`` checks it later otherwise)."""
     path = Path(path)
     if not path.exists():
         raise EqdeployError(f"{role} path {path} does not exist",
                             "pass a folder of images or an .npz of inputs")
     if path.is_dir():
         return _image_folder(path, role)
-    arrays = read_arrays(path, role)
+    arrays = read_arrays(path, role, shape)
     if keys is not None and "" not in arrays:  # an explicit key order (API callers)
         key = next((k for k in keys if k in arrays), None) or pick_key(arrays, path, role)
     else:
         key = pick_key(arrays, path, role)
     out = Inputs(path, role)
-    out.array = check_inputs(arrays[key], path, role, key, out.notes)
+    out.array = check_inputs(arrays[key], path, role, key, out.notes, shape)
     return out
 
 
@@ -128,7 +130,7 @@ def load_calibration(path: str | Path, shape: tuple[int, ...], mean=0.0, std=1.0
     """Inputs shaped like ``shape`` (N, C, H, W) from ``path``. ``role`` picks the key rule
     and names the file in errors ("calibration": exactly one of ``calib``/``inputs``;
     "probe": ``inputs``, else ``test``, else ``calib``); ``keys`` overrides the key order."""
-    inputs = read_inputs(path, role, keys)
+    inputs = read_inputs(path, role, keys, shape)
     inputs.check_shape(shape)
     if notes is not None:
         notes.extend(inputs.notes)
