@@ -8,9 +8,8 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 import corpus
+import pytest
 
 CASES = {c.id: c for c in corpus.CASES}
 
