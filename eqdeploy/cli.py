@@ -136,7 +136,7 @@ def convert(ctx, model, target, outdir, input_shape, arch, group, int8, per_tens
             probe_inputs, n_probes, tap, allow_misaligned, allow_broken, force):
     """Convert an equivariant MODEL to a plain conv network and write verified artifacts.
 
-    MODEL is a whole pickled model (torch.save(model), pickle/dill/cloudpickle: unpickling
+    MODEL is a whole pickled model (torch.save(model), pickle/dill: unpickling
     runs code, so only for files you trust), a state-dict checkpoint with --arch, or a .pt2
     written by 'eqdeploy export'. Writes OUTDIR/<name>.<ext>, a sidecar
     <name>.<ext>.eqdeploy.json (the symmetry manifest), <name>.<ext>.probes.npz (probe inputs
