@@ -20,6 +20,15 @@ from eqdeploy.validate import MAX_NORMALIZED, parse_norm, parse_shape
 FAST = settings(max_examples=100, deadline=None)
 
 
+def _parsed_or_none(parse, text: str, option: str):
+    """The parsed value, or None after a one-line EqdeployError that names the option."""
+    try:
+        return parse(text)
+    except EqdeployError as e:
+        assert option in str(e) and "\n" not in str(e)
+        return None
+
+
 # --- --input-shape ------------------------------------------------------------------------
 @FAST
 @given(st.tuples(*[st.integers(1, 64)] * 4), st.sampled_from([",", "x"]))
@@ -30,12 +39,9 @@ def test_shape_round_trip(shape, sep):
 @FAST
 @given(st.text(alphabet="0123456789,x-+ .e", max_size=24))
 def test_shape_text_parses_or_fails_with_one_line(text):
-    try:
-        shape = parse_shape(text)
-    except EqdeployError as e:
-        assert "--input-shape" in str(e) and "\n" not in str(e)
-        return
-    assert len(shape) == 4 and all(isinstance(v, int) and v >= 1 for v in shape)
+    shape = _parsed_or_none(parse_shape, text, "--input-shape")
+    assert shape is None or (len(shape) == 4 and all(isinstance(v, int) and v >= 1
+                                                     for v in shape))
 
 
 # --- --input-norm -------------------------------------------------------------------------
@@ -56,10 +62,8 @@ def test_norm_round_trip(norm):
 @FAST
 @given(st.text(alphabet="0123456789,:.-einfa", max_size=24))
 def test_norm_text_parses_or_fails_with_one_line(text):
-    try:
-        norm = parse_norm(text)
-    except EqdeployError as e:
-        assert "--input-norm" in str(e) and "\n" not in str(e)
+    norm = _parsed_or_none(parse_norm, text, "--input-norm")
+    if norm is None:
         return
     mean, std = norm
     assert len(mean) == len(std) >= 1 and min(std) > 0
