@@ -168,9 +168,7 @@ def convert(ctx, model, target, outdir, input_shape, arch, group, int8, per_tens
         click.echo(f"[{time.perf_counter() - start:6.1f}s] {msg}", err=True)
 
     plan = preflight(model, SimpleNamespace(**kwargs, dfq=SimpleNamespace(**dfq_kwargs)), given)
-    for note in plan.notes:
-        progress(note)
-    try:
+    try:  # convert() checks again (API callers) and prints what the checks noted
         _quiet_converters()
         from eqdeploy.convert import ConvertOptions
         from eqdeploy.convert import convert as run_convert

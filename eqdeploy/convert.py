@@ -295,6 +295,8 @@ def convert(model_path: str | Path, options: ConvertOptions,
     """Run the pipeline; returns the report (also written beside the artifacts). Checks
     every argument first; a failed run leaves the output folder as it was."""
     plan = preflight(model_path, options)
+    for note in plan.notes:
+        progress(note)
     try:
         return _convert(model_path, options, progress, plan)
     except BaseException:
@@ -317,7 +319,8 @@ def _convert(model_path: str | Path, options: ConvertOptions,
     timings["load"] = time.perf_counter() - t
     source = loaded.module
     shape = resolve_input_shape(options, loaded, source)
-    plan.against_model(shape, options.input_norm)
+    for note in plan.against_model(shape, options.input_norm):
+        progress(note)
     batch = int(shape[0])
     example = torch.zeros(1, *shape[1:])
 

@@ -227,15 +227,18 @@ class Preflight:
     notes: list[str] = field(default_factory=list)
     files: dict[str, Any] = field(default_factory=dict)  # role -> calibrate.Inputs
 
-    def against_model(self, shape: tuple[int, ...], norm: Any = None) -> None:
-        """The checks that need the model's input shape (known once it is loaded)."""
+    def against_model(self, shape: tuple[int, ...], norm: Any = None) -> list[str]:
+        """The checks that need the model's input shape (known once it is loaded); returns
+        the notes they add (images that will be resized)."""
         check_shape(tuple(shape), "the model's input shape")
         if norm is not None:
             check_norm(norm, int(shape[1]))
+        added = []
         for inputs in self.files.values():
-            before = len(inputs.notes)
             inputs.check_shape(tuple(shape))
-            self.notes += inputs.notes[before:]
+            added += [n for n in inputs.notes if n not in self.notes]
+        self.notes += added
+        return added
 
     def undo(self) -> None:
         """After a failure: remove the output folders this run created, if still empty."""

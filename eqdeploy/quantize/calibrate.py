@@ -53,9 +53,10 @@ class Inputs:
         resized = sorted({f"{sw}x{sh}" for sw, sh in self.sizes if (sw, sh) != (w, h)})
         if resized:
             count = sum((sw, sh) != (w, h) for sw, sh in self.sizes)
-            self.notes.append(f"{self.role} folder {self.path}: {count} of {len(self.sizes)} "
-                              f"images centre-cropped and resized from {', '.join(resized)} to "
-                              f"{w}x{h}")
+            note = (f"{self.role} folder {self.path}: {count} of {len(self.sizes)} images "
+                    f"centre-cropped and resized from {', '.join(resized)} to {w}x{h}")
+            if note not in self.notes:
+                self.notes.append(note)
 
 
 def read_inputs(path: str | Path, role: str = "calibration",
