@@ -285,13 +285,14 @@ def verify(artifact, probes, json_out):
         fid = report.get("fidelity")
         if fid:
             click.echo(f"  vs FP32 reference: rel. error {fid['rel_err_max']:.2e}")
-    if not eq["rows"]:
+    rows = [r for r in eq["rows"] if r.get("exact", True)]  # interpolated: measured only
+    if not rows:
         raise CheckFailed(f"{artifact}: nothing to verify ({eq.get('note') or 'no rows'})",
                           "verify an artifact whose output has an exact group action (e.g. "
                           "the .tap artifact); 'eqdeploy bench' still measures latency and "
                           "fidelity")
     integer = report["artifact"]["output_dtype"] != "float32"
-    worst = max(eq["rows"], key=lambda r: (r["changed"], r["rel_err_max"]) if integer
+    worst = max(rows, key=lambda r: (r["changed"], r["rel_err_max"]) if integer
                 else r["rel_err_max"])
     ok = worst["changed"] == 0 if integer else worst["rel_err_max"] <= 1e-4
     if not ok:
