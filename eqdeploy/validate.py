@@ -216,13 +216,12 @@ def remove_empty(folders: list[Path]) -> None:
 # --- everything at once --------------------------------------------------------------------
 @dataclass
 class Preflight:
-    """What the checks found: the folders they created, the inputs read, notes to report,
-    and the previous conversion's files the run will remove when it writes its own."""
+    """What the checks found: the outputs planned, the inputs (never written over), the
+    folders created, notes to report (casts, skipped and resized images)."""
 
     outdir: Path
     outputs: list[str]
     inputs: dict[str, Path]  # role -> path
-    stale: list[str] = field(default_factory=list)
     created: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     files: dict[str, Any] = field(default_factory=dict)  # role -> calibrate.Inputs
@@ -281,9 +280,8 @@ def preflight(model_path: str | Path, options: Any, given: list[str] | None = No
     outdir = Path(options.outdir)
     outputs = planned_outputs(model_path.stem, list(options.targets), bool(options.int8),
                               bool(options.tap))
-    stale = check_outputs(outdir, model_path.stem, outputs, inputs,
-                          getattr(options, "force", False))
-    plan = Preflight(outdir, outputs, inputs, stale,
+    check_outputs(outdir, model_path.stem, outputs, inputs, getattr(options, "force", False))
+    plan = Preflight(outdir, outputs, inputs,
                      notes=[n for f in files.values() for n in f.notes], files=files)
     plan.created = make_outdir(outdir)
     return plan
