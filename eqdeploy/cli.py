@@ -8,33 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import time
+from types import SimpleNamespace
 
 import click
+from click.core import ParameterSource
 
 from eqdeploy import __version__
-from eqdeploy.errors import EqdeployError
+from eqdeploy.errors import CheckFailed, EqdeployError
 from eqdeploy.harness.cli import bench, check
-
-
-def _fail(e: EqdeployError) -> click.ClickException:
-    return click.ClickException(str(e))
-
-
-def _parse_norm(value: str | None) -> tuple[list[float], list[float]] | None:
-    if value is None:
-        return None
-    try:
-        mean, std = value.split(":")
-        m = [float(v) for v in mean.split(",")]
-        s = [float(v) for v in std.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not MEAN:STD (e.g. 0.1307:0.3081 or "
-                                 "0.485,0.456,0.406:0.229,0.224,0.225)") from None
-    if len(m) != len(s) or min(s) <= 0:
-        raise click.BadParameter(f"{value!r}: as many means as stds, stds > 0")
-    return m, s
+from eqdeploy.toplevel import HandledGroup, debug_option
+from eqdeploy.validate import (
+    INT8_ONLY,
+    check_arch,
+    check_mask_radius,
+    check_outdir_text,
+    parse_norm,
+    parse_shape,
+)
 
 
 def _quiet_converters() -> None:
@@ -57,20 +48,9 @@ def _quiet_converters() -> None:
         onnxruntime.set_default_logger_severity(3)
 
 
-def _parse_shape(value: str | None) -> tuple[int, int, int, int] | None:
-    if value is None:
-        return None
-    try:
-        shape = tuple(int(v) for v in value.replace("x", ",").split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 4 or min(shape) < 1:
-        raise click.BadParameter(f"{value!r} is not N,C,H,W (e.g. 1,1,29,29)")
-    return shape  # type: ignore[return-value]
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=HandledGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="eqdeploy")
+@debug_option
 def main() -> None:
     """Ship group-equivariant CNNs (e2cnn, escnn) to ONNX and TFLite without losing
     their symmetry, and prove it.
@@ -79,6 +59,11 @@ def main() -> None:
     On the conversion host:   eqdeploy convert model.pt --target all -o out/
     On the device:            eqdeploy bench out/model.tflite
     In CI:                    eqdeploy check out/model.report.json --budget targets/x86-ci.toml
+
+    \b
+    Exit status: 0 ok; 1 a check or verification failed (or could not measure);
+    2 bad usage or a bad input file; 3 internal error (a bug; --debug shows the traceback);
+    130/143 interrupted (SIGINT/SIGTERM).
     """
 
 
@@ -141,7 +126,7 @@ Examples:
               help="High-bias absorption into a zero-padded conv: exactly, through constant "
                    "channels (else by the measured criterion), only where the measured border "
                    "error is below the rounding noise it removes, never, or always.")
-@click.option("--ranges", "range_method", type=click.Choice(["minmax", "percentile", "mse"]),
+@click.option("--ranges", type=click.Choice(["minmax", "percentile", "mse"]),
               default="minmax", show_default=True,
               help="Activation ranges over the calibration (or distilled) inputs: min/max, "
                    "0.01 percent percentiles, or the clipping with the least INT8 MSE.")
@@ -151,64 +136,76 @@ Examples:
 @click.option("--probes", "probe_inputs", type=click.Path(exists=False), default=None,
               help="Real probe inputs (.npz or image folder) to verify with [default: "
                    "seeded noise].")
-@click.option("--num-probes", "n_probes", default=16, show_default=True,
-              help="How many probe inputs verify each artifact.")
+@click.option("--num-probes", "n_probes", type=int, default=16, show_default=True,
+              help="How many probe inputs verify each artifact (>= 1).")
 @click.option("--tap", default=None, metavar="LAYER",
               help="Also emit and verify the network cut at module LAYER (dotted path, e.g. "
                    "features.10): for heads that read group channels without pooling, whose "
                    "logits have no group action. Writes <name>.tap.<ext> beside the model.")
 @click.option("--allow-misaligned", is_flag=True,
-              help="Convert even if the input size makes 90-degree rotations inexact.")
+              help="Convert even if the input size makes the group's exact elements inexact.")
 @click.option("--mask-radius", type=float, default=None, metavar="FRACTION",
               help="Disc inside which rotations without an exact pixel action (45, 30 "
                    "degrees...) are measured, as a fraction of the inscribed disc "
                    "[default: 1.0].")
-def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, float_io,
+@click.option("--force", is_flag=True,
+              help="Replace files in OUTDIR that no earlier eqdeploy report there lists "
+                   "(the inputs are never overwritten).")
+@debug_option
+@click.pass_context
+def convert(ctx, model, target, outdir, input_shape, arch, group, int8, per_tensor, float_io,
             calibration, data_free,
             input_norm, no_dfq, no_cle, no_absorb, no_bias_correction, orbit_agnostic,
-            absorb_padded, range_method, explain, probe_inputs, n_probes, tap,
-            allow_misaligned, allow_broken, mask_radius):
+            absorb_padded, ranges, explain, probe_inputs, n_probes, tap, allow_misaligned,
+            allow_broken, mask_radius, force):
     """Convert an equivariant MODEL to a plain conv network and write verified artifacts.
 
-    MODEL is a whole pickled model (torch.save(model), pickle/dill/cloudpickle: unpickling
+    MODEL is a whole pickled model (torch.save(model), pickle/dill: unpickling
     runs code, so only for files you trust), a state-dict checkpoint with --arch, or a .pt2
     written by 'eqdeploy export'. Writes OUTDIR/<name>.<ext>, a sidecar
     <name>.<ext>.eqdeploy.json (the symmetry manifest), <name>.<ext>.probes.npz (probe inputs
-    and FP32 reference outputs for 'eqdeploy bench') and <name>.report.json/.md.
+    and FP32 reference outputs for 'eqdeploy bench') and <name>.report.json/.md. Every
+    argument and input file is checked before the conversion starts; files of an earlier
+    conversion of MODEL in OUTDIR that this one does not write are removed.
     """
     from pathlib import Path
 
-    _quiet_converters()
-    from eqdeploy.convert import ConvertOptions
-    from eqdeploy.convert import convert as run_convert
-    from eqdeploy.dfq import DfqOptions
-    from eqdeploy.report.convert_markdown import interpolated_brief
+    from eqdeploy.validate import preflight
 
-    targets = ["onnx", "tflite"] if target == "all" else [target]
-    dfq = DfqOptions(enabled=not no_dfq, cle=not no_cle, absorb=not no_absorb,
-                     bias_correction=not no_bias_correction, orbit_agnostic=orbit_agnostic,
-                     weights="per_tensor" if per_tensor else "per_channel",
-                     absorb_padded=absorb_padded)
-    opts = ConvertOptions(targets=targets, outdir=Path(outdir),
-                          input_shape=_parse_shape(input_shape), arch=arch, group=group,
-                          probes=n_probes, allow_misaligned=allow_misaligned,
-                          allow_broken=allow_broken, int8=int8,
-                          per_tensor=per_tensor, float_io=float_io,
-                          calibration=Path(calibration) if calibration else None,
-                          data_free=data_free,
-                          input_norm=_parse_norm(input_norm),
-                          probe_inputs=Path(probe_inputs) if probe_inputs else None, dfq=dfq,
-                          tap=tap, mask_radius=mask_radius, ranges=range_method,
-                          explain=explain)
+    check_outdir_text(outdir)
+    kwargs = dict(targets=["onnx", "tflite"] if target == "all" else [target],
+                  outdir=Path(outdir), input_shape=parse_shape(input_shape), arch=arch,
+                  group=group, probes=n_probes, allow_misaligned=allow_misaligned,
+                  allow_broken=allow_broken, int8=int8, per_tensor=per_tensor,
+                  float_io=float_io, calibration=Path(calibration) if calibration else None,
+                  data_free=data_free, input_norm=parse_norm(input_norm),
+                  probe_inputs=Path(probe_inputs) if probe_inputs else None, tap=tap,
+                  force=force, mask_radius=check_mask_radius(mask_radius), ranges=ranges,
+                  explain=explain)
+    dfq_kwargs = dict(enabled=not no_dfq, cle=not no_cle, absorb=not no_absorb,
+                      bias_correction=not no_bias_correction, orbit_agnostic=orbit_agnostic,
+                      weights="per_tensor" if per_tensor else "per_channel",
+                      absorb_padded=absorb_padded)
+    given = [f for f in INT8_ONLY if ctx.get_parameter_source(f[2:].replace("-", "_"))
+             in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
     start = time.perf_counter()
 
     def progress(msg: str) -> None:
         click.echo(f"[{time.perf_counter() - start:6.1f}s] {msg}", err=True)
 
-    try:
+    plan = preflight(model, SimpleNamespace(**kwargs, dfq=SimpleNamespace(**dfq_kwargs)), given)
+    try:  # convert() checks again (API callers) and prints what the checks noted
+        _quiet_converters()
+        from eqdeploy.convert import ConvertOptions
+        from eqdeploy.convert import convert as run_convert
+        from eqdeploy.dfq import DfqOptions
+        from eqdeploy.report.convert_markdown import interpolated_brief
+
+        opts = ConvertOptions(**kwargs, dfq=DfqOptions(**dfq_kwargs))
         report = run_convert(model, opts, progress)
-    except EqdeployError as e:
-        raise _fail(e) from None
+    except BaseException:
+        plan.undo()
+        raise
     int8 = report.get("quantization") is not None
     for v in report["verification"]:
         eq = v["equivariance"]
@@ -216,7 +213,8 @@ def convert(model, target, outdir, input_shape, arch, group, int8, per_tensor, f
         who = v["runtime"] + (f" @ tap {v['tap']}" if v.get("tap") else "")
         what = v.get("artifact", "graph")
         line = (f"  {who:<24} {what:<22} vs source {v['rel_err_vs_source']:.1e}   "
-                + (f"equivariance error {worst:.1e}" if eq else "no group action on the output"))
+                + (f"equivariance error {worst:.1e}" if eq else
+                   "no exact group action on the output to verify"))
         if int8 and eq:
             line += f"   changed {max(r['changed'] for r in eq)}/{eq[0]['probes']}"
         if int8 and v.get("top1_agreement_vs_source") is not None:
@@ -241,6 +239,7 @@ Example (in the training environment, e.g. escnn with numpy 1):
               help="Input shape to trace at [default: 1,C,33,33].")
 @click.option("--arch", default=None, metavar="PKG.MODULE:FACTORY",
               help="Factory for a state-dict checkpoint (weights_only=True).")
+@debug_option
 def export_cmd(model, output, input_shape, arch):
     """Export an e2cnn/escnn MODEL to a plain-graph .pt2 with its symmetry manifest.
 
@@ -249,26 +248,38 @@ def export_cmd(model, output, input_shape, arch):
     """
     from pathlib import Path
 
-    import torch
+    from eqdeploy.outputs import check_destination
 
-    from eqdeploy.convert import ConvertOptions, resolve_input_shape
-    from eqdeploy.export import export_equivariant
-    from eqdeploy.export_pt2 import save_pt2
-    from eqdeploy.load import load_model
-
+    shape_arg = parse_shape(input_shape)
+    check_arch(arch)
+    if not Path(model).is_file():
+        raise EqdeployError(f"{model} does not exist", "pass the path of a saved model")
+    if output is not None:
+        check_outdir_text(output)
+    out = Path(output) if output else Path(model).with_suffix(".pt2")
+    created = check_destination(out, "-o", {"model": Path(model)})
     try:
+        import torch
+
+        from eqdeploy.convert import ConvertOptions, resolve_input_shape
+        from eqdeploy.export import export_equivariant
+        from eqdeploy.export_pt2 import save_pt2
+        from eqdeploy.load import load_model
+
         loaded = load_model(model, arch)
         if loaded.module is None:
             raise EqdeployError(f"{model} is already an exported program",
                                 "pass it to 'eqdeploy convert' directly")
-        shape = resolve_input_shape(ConvertOptions(input_shape=_parse_shape(input_shape)),
-                                    loaded, loaded.module)
+        shape = resolve_input_shape(ConvertOptions(input_shape=shape_arg), loaded,
+                                    loaded.module)
         plain = export_equivariant(loaded.module, torch.zeros(1, *shape[1:]))
         plain.info["input_shape"] = list(shape)
-        out = Path(output) if output else Path(model).with_suffix(".pt2")
         save_pt2(plain, out)
-    except EqdeployError as e:
-        raise _fail(e) from None
+    except BaseException:
+        for d in created:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
     click.echo(f"wrote {out} (group {plain.spec.group.name}, input {tuple(shape)})")
 
 
@@ -280,17 +291,16 @@ Example:
 @click.option("--probes", "probes", type=click.Path(dir_okay=False), default=None,
               help="Probe .npz [default: ARTIFACT.probes.npz written by convert].")
 @click.option("--json", "json_out", is_flag=True, help="Print the result as JSON.")
+@debug_option
 def verify(artifact, probes, json_out):
     """Verify an ARTIFACT's equivariance (per exact group element) and its agreement with
     the FP32 reference outputs, in its runtime. Exits 1 if the probes' outputs changed
-    under a group element by more than 1e-4 relative (FP32) or any probe changed (INT8).
+    under a group element by more than 1e-4 relative (FP32) or any probe changed (INT8),
+    or if nothing could be compared (no exact group action on the output).
     """
     from eqdeploy.harness.bench import run_bench
 
-    try:
-        report = run_bench(artifact, runs=1, warmup=0, probes_path=probes)
-    except EqdeployError as e:
-        raise _fail(e) from None
+    report = run_bench(artifact, runs=1, warmup=0, probes_path=probes)
     eq = report["equivariance"]
     if json_out:
         click.echo(json.dumps({"equivariance": eq, "fidelity": report.get("fidelity")},
@@ -306,12 +316,21 @@ def verify(artifact, probes, json_out):
         fid = report.get("fidelity")
         if fid:
             click.echo(f"  vs FP32 reference: rel. error {fid['rel_err_max']:.2e}")
-    summary = eq.get("summary") or {}
+    rows = [r for r in eq["rows"] if r.get("exact", True)]  # interpolated: measured only
+    if not rows:
+        raise CheckFailed(f"{artifact}: nothing to verify ({eq.get('note') or 'no rows'})",
+                          "verify an artifact whose output has an exact group action (e.g. "
+                          "the .tap artifact); 'eqdeploy bench' still measures latency and "
+                          "fidelity")
     integer = report["artifact"]["output_dtype"] != "float32"
-    bad = summary.get("changed_max", 0) > 0 if integer else summary.get("rel_err_max", 0) > 1e-4
-    if bad:
-        click.echo("equivariance NOT verified", err=True)
-        sys.exit(1)
+    worst = max(rows, key=lambda r: (r["changed"], r["rel_err_max"]) if integer
+                else r["rel_err_max"])
+    ok = worst["changed"] == 0 if integer else worst["rel_err_max"] <= 1e-4
+    if not ok:
+        raise CheckFailed(f"equivariance NOT verified: under {worst['element']} rel. error "
+                          f"{worst['rel_err_max']:.2e}, {worst['changed']}/{worst['probes']} "
+                          "probes changed", "see the rows above; re-run 'eqdeploy convert' "
+                          "and compare its report")
     click.echo("equivariance verified")
 
 

@@ -1,7 +1,9 @@
 """The ``convert`` pipeline: load -> export -> lint -> verify(source, graph) -> emit -> verify.
 
-Everything is written to a staging folder inside the output folder and moved into place only
-when every stage succeeded, so a failed conversion leaves no half-written artifact.
+Every argument and input file is checked first (``eqdeploy.validate.preflight``). Everything
+is written to a staging folder inside the output folder and moved into place only when every
+stage succeeded (``eqdeploy.outputs.Staging``), so a failed or interrupted conversion leaves
+no half-written artifact, and the previous conversion's files it does not replace go.
 """
 
 from __future__ import annotations
@@ -9,9 +11,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import torch
 from eqdeploy import __version__
 from eqdeploy.adapters.plain import discover_plain
 from eqdeploy.dfq import DfqOptions, fold_batchnorm, run_dfq_with_reference
-from eqdeploy.errors import EqdeployError
+from eqdeploy.errors import CheckFailed, EqdeployError
 from eqdeploy.export import PlainModel, detect_framework, export_equivariant
 from eqdeploy.harness.bench import sha256_file
 from eqdeploy.harness.equivariance import (
@@ -33,15 +32,17 @@ from eqdeploy.harness.equivariance import (
     reference_npz,
     relative_error,
 )
+from eqdeploy.harness.measurable import check_outputs, check_probes_move, check_rows
 from eqdeploy.harness.probes import PROBES_SUFFIX
 from eqdeploy.harness.rotate import METHOD, disc_mask
 from eqdeploy.harness.runtime import open_artifact, read_spec, sidecar_path
 from eqdeploy.harness.sysinfo import system_info
 from eqdeploy.input_norm import read_input_norm
-from eqdeploy.lint import lint_input_size, lint_message
+from eqdeploy.lint import check_input_extent, lint_input_size, lint_message
 from eqdeploy.load import load_model
 from eqdeploy.normalize import normalize
 from eqdeploy.normalize.support import check_support
+from eqdeploy.outputs import FILES_KEY, Staging
 from eqdeploy.quantize.calibrate import load_calibration
 from eqdeploy.quantize.distill import distill_inputs, has_batchnorm
 from eqdeploy.quantize.explain import explain
@@ -53,6 +54,7 @@ from eqdeploy.report.plots import write_convert_plots
 from eqdeploy.spec import opaque_layout
 from eqdeploy.tap import follow_tap, renamed_params, resolve_tap, truncate
 from eqdeploy.targets import TARGETS, target_module
+from eqdeploy.validate import Preflight, check_norm, preflight
 
 REPORT_SCHEMA = "eqdeploy.convert"
 REPORT_VERSION = 1
@@ -86,6 +88,7 @@ class ConvertOptions:
     mask_radius: float | None = None  # interpolated elements' disc [default: the spec's, 1.0]
     ranges: str = "minmax"  # activation ranges over calibration inputs: minmax|percentile|mse
     explain: bool = False  # per-layer report with sensitivities (one simulation per tensor)
+    force: bool = False  # replace files in outdir that no earlier eqdeploy report lists
 
 
 def _first_input_channels(module: torch.nn.Module) -> int | None:
@@ -110,8 +113,11 @@ def _runtime_row(name: str, version: str, f, spec, probes, source_out, raw=None,
                  fp32: list[dict] | None = None) -> dict:
     """Exact elements (``equivariance``), interpolated ones (``interpolated``; with ``fp32``,
     an FP32 counterpart's interpolated rows, each gets the ratio to it) and fidelity."""
+    check_probes_move(spec, probes)
     y = f(probes)
+    check_outputs(y, name)
     rows = equivariance_table(f, spec, probes, f_probes=y, raw=raw)
+    check_rows(rows, name)
     interp = interpolated_table(f, spec, probes, reference=fp32, where=name)
     scale = float(np.abs(source_out).max()) or 1.0
     classifier = y.ndim == 2 and y.shape[1] > 1
@@ -127,7 +133,7 @@ def _probes(options: ConvertOptions, shape: tuple[int, ...]) -> tuple[np.ndarray
     if options.probe_inputs is not None:
         mean, std = options.input_norm or ([0.0], [1.0])
         x = load_calibration(options.probe_inputs, shape, mean, std,
-                             keys=("inputs", "test", "calib"))[: max(options.probes, 1)]
+                             role="probe")[: options.probes]
         return x, {"count": len(x), "kind": "file", "path": str(options.probe_inputs)}
     rng = np.random.default_rng(options.seed)
     if options.input_norm is not None:  # pixels uniform in [0, 1], normalized as declared
@@ -277,8 +283,8 @@ def _verified(target: str, path: Path, job: _Emission, info: dict, probes: np.nd
     runner = open_artifact(path)
     deployed = job.quant_model.spec if quant else job.plain.spec
     if read_spec(path, runner).to_json() != deployed.to_json():
-        raise EqdeployError(f"the manifest read back from {path.name} differs",
-                            "report this to eqdeploy")
+        raise CheckFailed(f"the manifest read back from {path.name} differs",
+                          "report this to eqdeploy")
     reference = job.reference if quant else job.fp32_reference
     raw = (lambda a, r=runner: r.run_raw(r.quantize_input(a))) if quant else None
     row = _runtime_row(runner.runtime, runner.runtime_version, runner.run, job.plain.spec,
@@ -298,8 +304,9 @@ def _verified(target: str, path: Path, job: _Emission, info: dict, probes: np.nd
            "precision": "int8" if quant else "fp32", **info}
     if job.label:
         art["tap"] = options.tap
-    sidecar_path(path).write_text(json.dumps(
-        {"symmetry": deployed.to_json(), "artifact": art,
+    sidecar_path(path).write_text(json.dumps(  # byte-reproducible: timings go to the report
+        {"symmetry": deployed.to_json(), "artifact": {k: v for k, v in art.items()
+                                                      if k != "seconds"},
          "probes": f"{path.name}{PROBES_SUFFIX}"}, indent=1))
     return art, row
 
@@ -322,10 +329,20 @@ def resolve_input_shape(options: ConvertOptions, loaded, module) -> tuple[int, .
 
 def convert(model_path: str | Path, options: ConvertOptions,
             progress: Callable[[str], None] = lambda s: None) -> dict:
-    """Run the pipeline; returns the report (also written beside the artifacts)."""
-    for t in options.targets:
-        if t not in TARGETS:
-            raise EqdeployError(f"unknown target {t!r}", f"use one of {sorted(TARGETS)} or all")
+    """Run the pipeline; returns the report (also written beside the artifacts). Checks
+    every argument first; a failed run leaves the output folder as it was."""
+    plan = preflight(model_path, options)
+    for note in plan.notes:
+        progress(note)
+    try:
+        return _convert(model_path, options, progress, plan)
+    except BaseException:
+        plan.undo()
+        raise
+
+
+def _convert(model_path: str | Path, options: ConvertOptions,
+             progress: Callable[[str], None], plan: Preflight) -> dict:
     model_path = Path(model_path)
     name = model_path.stem
     timings: dict[str, float] = {}
@@ -339,8 +356,8 @@ def convert(model_path: str | Path, options: ConvertOptions,
     timings["load"] = time.perf_counter() - t
     source = loaded.module
     shape = resolve_input_shape(options, loaded, source)
-    if len(shape) != 4:
-        raise EqdeployError(f"--input-shape {shape} is not N,C,H,W", "e.g. --input-shape 1,1,29,29")
+    for note in plan.against_model(shape, options.input_norm):
+        progress(note)
     batch = int(shape[0])
     example = torch.zeros(1, *shape[1:])
 
@@ -374,7 +391,9 @@ def convert(model_path: str | Path, options: ConvertOptions,
         spec.mask_radius = float(options.mask_radius)
 
     gm = plain.program.graph_module
-    lint = lint_input_size(gm, plain.program.graph_signature.user_inputs[0], shape[2], shape[3])
+    check_input_extent(gm, plain.program.graph_signature.user_inputs[0], shape[2], shape[3])
+    lint = lint_input_size(gm, plain.program.graph_signature.user_inputs[0], shape[2], shape[3],
+                           group=spec.group)
     progress(lint_message(lint))
     if not lint["exact"] and not options.allow_misaligned:
         raise EqdeployError(lint_message(lint), "pass --input-shape with an exact size, or "
@@ -384,6 +403,7 @@ def convert(model_path: str | Path, options: ConvertOptions,
     if options.input_norm is None:
         found = read_input_norm(source, plain.module())
         if found is not None:
+            check_norm(found[0], shape[1], f"the input normalization read from {found[1]}")
             options = dataclasses.replace(options, input_norm=found[0])
             norm_from = found[1]
             progress(f"input normalization mean {found[0][0]}, std {found[0][1]} "
@@ -405,8 +425,8 @@ def convert(model_path: str | Path, options: ConvertOptions,
         verification.append({**row, "tap": options.tap})
         worst_tap = max((r["rel_err_max"] for r in row["equivariance"]), default=0.0)
         if lint["exact"] and worst_tap > SOURCE_EQUIVARIANCE_TOL:
-            raise EqdeployError(f"the model is not equivariant at --tap {options.tap}: "
-                                f"error {worst_tap:.2e}", "tap an earlier layer")
+            raise CheckFailed(f"the model is not equivariant at --tap {options.tap}: "
+                              f"error {worst_tap:.2e}", "tap an earlier layer")
     worst_src = max(verification[0]["equivariance"], key=lambda r: r["rel_err_max"], default=None)
     if tap and worst_src and worst_src["rel_err_max"] > SOURCE_EQUIVARIANCE_TOL:
         # the head mixes group channels: the output has no action; the tap carries the proof
@@ -416,15 +436,15 @@ def convert(model_path: str | Path, options: ConvertOptions,
         for v in verification[:2]:
             v["equivariance"] = v["interpolated"] = []
     elif lint["exact"] and worst_src and worst_src["rel_err_max"] > SOURCE_EQUIVARIANCE_TOL:
-        raise EqdeployError(f"the source model is not equivariant: error "
-                            f"{worst_src['rel_err_max']:.2e} under {worst_src['element']}",
-                            "check that every layer between input and output is an "
-                            "equivariant module or acts on each channel alone (or, if the "
-                            "head reads group channels on purpose, verify at --tap LAYER)")
+        raise CheckFailed(f"the source model is not equivariant: error "
+                          f"{worst_src['rel_err_max']:.2e} under {worst_src['element']}",
+                          "check that every layer between input and output is an "
+                          "equivariant module or acts on each channel alone (or, if the "
+                          "head reads group channels on purpose, verify at --tap LAYER)")
     if verification[1]["rel_err_vs_source"] > EXPORT_TOL:
-        raise EqdeployError(f"the exported graph differs from the source by "
-                            f"{verification[1]['rel_err_vs_source']:.2e}",
-                            "report this model to eqdeploy: an adapter is wrong")
+        raise CheckFailed(f"the exported graph differs from the source by "
+                          f"{verification[1]['rel_err_vs_source']:.2e}",
+                          "report this model to eqdeploy: an adapter is wrong")
 
     quant = None
     if options.int8:
@@ -432,9 +452,8 @@ def convert(model_path: str | Path, options: ConvertOptions,
         verification.append(quant.pop("simulation_row"))
 
     taps = _taps(plain, tap, plain_tap, quant, probes) if tap else []
-    options.outdir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".eqdeploy-", dir=options.outdir))
-    try:
+    stager = Staging(options.outdir, name, plan.inputs, options.force)
+    with stager as staging:
         artifacts = []
         for target in options.targets:
             main = _Emission(f"{name}{TARGETS[target]}", plain,
@@ -449,6 +468,7 @@ def convert(model_path: str | Path, options: ConvertOptions,
                                                options, batch):
                     verification.append(row)
                     artifacts.append(art)
+        report_files = [f"{name}.report.json", f"{name}.report.md"]
         report = {
             "schema": REPORT_SCHEMA, "version": REPORT_VERSION, "eqdeploy": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -460,6 +480,7 @@ def convert(model_path: str | Path, options: ConvertOptions,
                       "input_shape": list(shape)},  # the artifact's (the trace's is 1,...)
             "lint": lint,
             "probes": probe_info,
+            "input_notes": plan.notes,
             "verification": verification,
             "quantization": None if quant is None else {
                 "params": quant["params"].to_json(), "dfq": quant["dfq_report"],
@@ -471,10 +492,11 @@ def convert(model_path: str | Path, options: ConvertOptions,
             "machine": system_info(),
         }
         report["plots"] = write_convert_plots(report, staging, name)
-        (staging / f"{name}.report.json").write_text(json.dumps(report, indent=1))
-        (staging / f"{name}.report.md").write_text(convert_markdown(report))
-        for f in sorted(staging.iterdir()):
-            os.replace(f, options.outdir / f.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        report[FILES_KEY] = sorted([*(p.name for p in staging.iterdir()), *report_files])
+        (staging / report_files[0]).write_text(json.dumps(report, indent=1))
+        (staging / report_files[1]).write_text(convert_markdown(report))
+        removed = stager.commit()
+    if removed:
+        progress(f"removed {len(removed)} file(s) of the previous conversion that this one "
+                 f"does not write: {', '.join(removed)}")
     return report

@@ -4,7 +4,10 @@ A conv/pool with kernel k, stride s, padding p, dilation d on an n-pixel axis sa
 windows symmetric about the centre iff ``(n + 2p - d(k-1) - 1) % s == 0``; otherwise even
 90-degree rotations stop being exact (measured: 2.7e-2 error at 33 px vs 1.7e-7 at 35 px
 on one net). The lint walks the graph's spatial sizes for the given input size and for
-nearby sizes, and names the offending layers and the nearest sizes that are exact.
+nearby sizes, and names the offending layers and the nearest sizes that are exact. What is
+checked follows the group's exact elements (``requirement``): 90-degree rotations need a
+square input aligned on both axes, 180 degrees both axes, flips the width only, and C1
+(no exact non-identity element) nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import fx
+
+from eqdeploy.errors import EqdeployError
+from eqdeploy.groups import Group
 
 aten = torch.ops.aten
 
@@ -86,10 +92,13 @@ def module_path(node: fx.Node) -> str:
     return path.removesuffix(".plain") if path.endswith(".plain") else path
 
 
-def _walk(gm: fx.GraphModule, input_name: str, n: int) -> tuple[list[dict], bool]:
-    """Propagate an n x n input through the graph; returns the strided layers' findings."""
+def _walk(gm: fx.GraphModule, input_name: str, n: int
+          ) -> tuple[list[dict], bool, list[tuple[fx.Node, Window, int]]]:
+    """Propagate an n-pixel axis through the graph; returns the strided layers' findings,
+    whether every op's spatial rule was known, and every window op with its input size."""
     size: dict[str, int] = {input_name: n}
     findings = []
+    windows = []
     consistent = True
     for node in gm.graph.nodes:
         if node.op != "call_function" or _spatial(node) is None:
@@ -100,6 +109,7 @@ def _walk(gm: fx.GraphModule, input_name: str, n: int) -> tuple[list[dict], bool
         n_in = size[args[0].name]
         win = _window(node)
         if win is not None:
+            windows.append((node, win, n_in))
             size[node.name] = win.out_size(n_in)
             if win.stride > 1 or win.ceil_mode:
                 findings.append({"layer": module_path(node), "node": node.name, "op": win.op,
@@ -120,38 +130,108 @@ def _walk(gm: fx.GraphModule, input_name: str, n: int) -> tuple[list[dict], bool
             size[node.name] = 1
         else:
             consistent = False  # an op whose spatial rule we do not know
-    return findings, consistent
+    return findings, consistent, windows
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """What a group's exact elements need of the input size: the axes whose strided windows
+    must be centred, whether the input must be square, and a name for the elements."""
+
+    axes: tuple[int, ...]  # 0: height, 1: width
+    square: bool
+    what: str
+
+
+def requirement(group: Group | str | None) -> Requirement:
+    """Rotations by 90 degrees need both axes aligned and a square input; 180 degrees both
+    axes; flips (they mirror W) the width only; C1 nothing. ``None``: as for C4."""
+    if group is None:
+        return Requirement((0, 1), True, "90-degree rotations")
+    group = Group(group) if isinstance(group, str) else group
+    turns = {e.quarter_turns % 4 for e in group.exact_elements}
+    flips = any(e.flip for e in group.exact_elements)
+    quarter = bool(turns & {1, 3})
+    parts = (["90-degree rotations"] if quarter else ["180-degree rotations"] if 2 in turns
+             else []) + (["flips"] if flips else [])
+    axes = (0, 1) if turns - {0} else (1,) if flips else ()
+    return Requirement(axes, quarter, " and ".join(parts))
+
+
+def _nearest(gm: fx.GraphModule, input_name: str, n: int, search: int) -> list[int]:
+    nearest: list[int] = []
+    for delta in range(1, search + 1):
+        for m in (n - delta, n + delta):
+            if m > 0 and all(f["exact"] for f in _walk(gm, input_name, m)[0]):
+                nearest.append(m)
+        if len(nearest) >= 2:
+            break
+    return sorted(nearest)
 
 
 def lint_input_size(gm: fx.GraphModule, input_name: str, height: int, width: int,
-                    search: int = 24) -> dict:
-    """Lint result for an ``height x width`` input: offending layers, nearest exact sizes."""
-    if height != width:
-        return {"input_size": [height, width], "exact": False, "offending": [],
-                "message": "rotations by 90 degrees need square inputs",
-                "nearest_exact": []}
-    findings, known = _walk(gm, input_name, height)
-    bad = [f for f in findings if not f["exact"]]
-    nearest = []
-    if bad:
-        for delta in range(1, search + 1):
-            for n in (height - delta, height + delta):
-                if n > 0 and all(f["exact"] for f in _walk(gm, input_name, n)[0]):
-                    nearest.append(n)
-            if len(nearest) >= 2:
-                break
-    return {"input_size": [height, width], "exact": not bad, "strided_layers": findings,
-            "offending": bad, "nearest_exact": sorted(nearest), "complete": known}
+                    search: int = 24, group: Group | str | None = None) -> dict:
+    """Lint result for an ``height x width`` input under ``group``'s exact elements
+    (``requirement``): offending layers, nearest exact sizes."""
+    need = requirement(group)
+    base = {"input_size": [height, width], "requires": need.what or "nothing",
+            "axes": ["height", "width"] if need.axes == (0, 1) else
+            ["width"] if need.axes else []}
+    if not need.axes:
+        return {**base, "exact": True, "strided_layers": [], "offending": [],
+                "nearest_exact": [], "complete": True,
+                "message": "the group has no exact non-identity element: any input size"}
+    if need.square and height != width:
+        return {**base, "exact": False, "offending": [], "nearest_exact": [],
+                "message": f"{need.what} need square inputs (got {height}x{width})"}
+    findings, known, bad, nearest = [], True, [], []
+    sizes: dict[int, list[str]] = {}  # distinct size -> the axes that have it
+    for axis in need.axes:
+        sizes.setdefault((height, width)[axis], []).append(("height", "width")[axis])
+    for n, axes in sizes.items():
+        found, ok, _ = _walk(gm, input_name, n)
+        label = " and ".join(axes)
+        findings += [{**f, "axis": label} for f in found]
+        known = known and ok
+        offending = [{**f, "axis": label} for f in found if not f["exact"]]
+        if offending and not bad:
+            nearest = _nearest(gm, input_name, n, search)
+        bad += offending
+    return {**base, "exact": not bad, "strided_layers": findings, "offending": bad,
+            "nearest_exact": nearest, "complete": known}
 
 
 def lint_message(result: dict) -> str:
     """One line for the user."""
-    if result["exact"]:
-        return f"input size {result['input_size'][0]} is aligned: 90-degree rotations are exact"
+    h, w = result["input_size"]
+    what = result.get("requires", "90-degree rotations")
     if result.get("message"):
         return result["message"]
+    only_width = result.get("axes") == ["width"] and h != w
+    size = f"input width {w}" if only_width else f"input size {h}" if h == w else \
+        f"input size {h}x{w}"
+    if result["exact"]:
+        return f"{size} is aligned: {what} are exact"
     first = result["offending"][0]
     sizes = ", ".join(str(n) for n in result["nearest_exact"]) or "none nearby"
-    return (f"input size {result['input_size'][0]} is misaligned at layer {first['layer']} "
+    return (f"{size} is misaligned at layer {first['layer']} "
             f"({first['op']} k={first['kernel']} s={first['stride']} p={first['padding']} on "
-            f"{first['input_size']} px): 90-degree rotations are not exact; exact sizes: {sizes}")
+            f"{first['input_size']} px): {what} are not exact; exact "
+            f"{'widths' if only_width else 'sizes'}: {sizes}")
+
+
+def check_input_extent(gm: fx.GraphModule, input_name: str, height: int, width: int) -> None:
+    """Refuse an input smaller than the first sliding window it meets (e.g. 1x1 into a 5x5
+    conv): the model then sees mostly padding and a rotation of so few pixels proves
+    nothing."""
+    for n, axis in ((height, "height"), (width, "width")):
+        windows = _walk(gm, input_name, n)[2]
+        if not windows:
+            continue
+        node, win, n_in = windows[0]
+        extent = win.dilation * (win.kernel - 1) + 1
+        if n_in < extent:
+            raise EqdeployError(
+                f"the input {axis} {n} is smaller than the {extent}x{extent} window of layer "
+                f"{module_path(node)} that reads it: the model would be verified on padding",
+                f"pass --input-shape with H, W >= {extent} (the size the model was trained at)")

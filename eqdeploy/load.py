@@ -3,17 +3,19 @@
 Formats: ``.pt2`` ExportedProgram with an embedded eqdeploy manifest (the hand-off from
 ``eqdeploy export`` in another environment); a state-dict checkpoint with ``--arch
 package.module:factory`` (``weights_only=True``: the safe path); a whole pickled module
-(``torch.save(model)`` with pickle, dill or cloudpickle). Unpickling runs code from the
-file: load only files you trust. TorchScript files (``torch.jit.trace`` or ``torch.jit.script``,
-then ``save``) load with ``torch.jit.load``; they carry no field types, so ``convert`` needs
-``--group`` to discover their layouts, and ``eqdeploy.adapters.torchscript`` turns their graph
-into an exportable module.
+(``torch.save(model)`` with pickle or dill, or a plain ``pickle.dump``/``dill.dump``; files
+saved with cloudpickle load through pickle, which only needs cloudpickle importable).
+Unpickling runs code from the file: load only files you trust. TorchScript files
+(``torch.jit.trace`` or ``torch.jit.script``, then ``save``) load with ``torch.jit.load``;
+they carry no field types, so ``convert`` needs ``--group`` to discover their layouts, and
+``eqdeploy.adapters.torchscript`` turns their graph into an exportable module.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from eqdeploy.spec import SCHEMA, SymmetrySpec
 class Loaded:
     """What a model file held: a module, or an exported program with its manifest."""
 
-    format: str  # "pt2" | "state_dict+arch" | "pickle" | "dill" | "cloudpickle" | "torchscript"
+    format: str  # "pt2" | "state_dict+arch" | "pickle" | "dill" | "torchscript"
     module: nn.Module | None = None
     program: torch.export.ExportedProgram | None = None
     spec: SymmetrySpec | None = None
@@ -48,6 +50,55 @@ def _factory(arch: str):
         raise EqdeployError(f"cannot import --arch {arch} ({e})",
                             "check the module is importable (PYTHONPATH) and the name exists"
                             ) from None
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
+
+
+def _build(arch: str) -> nn.Module:
+    """Call the ``--arch`` factory; its failures become one line naming it."""
+    factory = _factory(arch)
+    if not callable(factory):
+        raise EqdeployError(f"--arch {arch} is {_a(type(factory).__name__)}, not a factory",
+                            "name a function or class that builds the model")
+    try:
+        inspect.signature(factory).bind()
+    except TypeError as e:
+        raise EqdeployError(f"--arch {arch} cannot be called without arguments ({e})",
+                            "name a factory whose arguments all have defaults (wrap yours in "
+                            "a module-level function)") from None
+    except ValueError:  # no signature to inspect (a builtin): just call it
+        pass
+    try:
+        model = factory()
+    except EqdeployError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code: any failure is theirs to see
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise EqdeployError(f"--arch {arch} raised {type(e).__name__}: {first}",
+                            "fix the factory (--debug shows its traceback)") from e
+    if not isinstance(model, nn.Module):
+        raise EqdeployError(f"--arch {arch} returned {_a(type(model).__name__)}",
+                            "the factory must return an nn.Module")
+    return model
+
+
+def _check_archive(path: Path, head: bytes) -> None:
+    """A zip checkpoint (torch.save, .pt2, TorchScript) must be complete: a truncated copy
+    otherwise fails deep inside torch with an unrelated message."""
+    if not head.startswith(b"PK"):
+        return
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.header_offset + info.compress_size > size:
+                    raise zipfile.BadZipFile(f"{info.filename} runs past the end")
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise EqdeployError(f"{path} is truncated or damaged ({size} bytes: its zip archive "
+                            f"cannot be read: {str(e)[:120]})",
+                            "copy the file again, or save it again with torch.save") from None
 
 
 def _state_dict(obj) -> dict[str, torch.Tensor] | None:
@@ -102,16 +153,27 @@ def _load_pt2(path: Path) -> Loaded:
     return Loaded("pt2", program=program, spec=SymmetrySpec.loads(extra[SCHEMA]), info=info)
 
 
-def _unpickle(path: Path) -> Loaded:
-    attempts: list[tuple[str, object]] = [("pickle", pickle)]
-    for name in ("dill", "cloudpickle"):
-        with contextlib.suppress(ImportError):
-            attempts.append((name, importlib.import_module(name)))
-    errors = []
-    for name, mod in attempts:
+def _unpickle(path: Path, zipped: bool) -> Loaded:
+    picklers: list[tuple[str, object]] = [("pickle", pickle)]
+    with contextlib.suppress(ImportError):
+        picklers.append(("dill", importlib.import_module("dill")))
+    attempts = [(name, lambda m=mod: torch.load(str(path), weights_only=False, pickle_module=m,
+                                                  map_location="cpu")) for name, mod in picklers]
+    if not zipped:  # a plain pickle.dump / dill.dump, not written by torch.save
+
+        def plain(m):
+            with open(path, "rb") as fh:
+                return m.load(fh)
+
+        attempts += [(name, lambda m=mod: plain(m)) for name, mod in picklers]
+    errors, missing = [], None
+    for name, load in attempts:
         try:
-            obj = torch.load(str(path), weights_only=False, pickle_module=mod,
-                             map_location="cpu")
+            obj = load()
+        except ModuleNotFoundError as e:  # the pickle names a module this Python lacks
+            missing = missing or e.name
+            errors.append(f"{name}: {e}")
+            continue
         except Exception as e:  # noqa: BLE001 - any failure means "try the next pickler"
             errors.append(f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
             continue
@@ -120,8 +182,12 @@ def _unpickle(path: Path) -> Loaded:
         if _state_dict(obj) is not None:
             raise EqdeployError(f"{path} is a state-dict checkpoint, not a whole model",
                                 "pass --arch package.module:factory that builds the model")
-        raise EqdeployError(f"{path} holds a {type(obj).__name__}, not a torch module",
+        raise EqdeployError(f"{path} holds {_a(type(obj).__name__)}, not a torch module",
                             "save the model with torch.save(model) or pass --arch")
+    if missing:
+        raise EqdeployError(f"{path} needs the module {missing!r} to unpickle, which is not "
+                            "installed", f"install {missing} or put the model's code on "
+                            "PYTHONPATH (the pickle refers to it)")
     raise EqdeployError(f"cannot read {path} as a model file ({'; '.join(errors)[:300]})",
                         "save with torch.save(model, f, pickle_module=dill), or save a "
                         "state_dict and pass --arch package.module:factory")
@@ -134,6 +200,12 @@ def load_model(path: str | Path, arch: str | None = None) -> Loaded:
         raise EqdeployError(f"{path} does not exist", "pass the path of a saved model")
     if path.stat().st_size == 0:
         raise EqdeployError(f"{path} is empty", "save the model again")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as e:
+        raise EqdeployError(f"cannot read {path} ({e.strerror})", "check the permissions") from None
+    _check_archive(path, head)
     if path.suffix == ".pt2":
         return _load_pt2(path)
     if _is_torchscript(path):
@@ -146,10 +218,7 @@ def load_model(path: str | Path, arch: str | None = None) -> Loaded:
                                 ) from None
         return Loaded("torchscript", module=script.eval())
     if arch is not None:
-        model = _factory(arch)()
-        if not isinstance(model, nn.Module):
-            raise EqdeployError(f"--arch {arch} returned a {type(model).__name__}",
-                                "the factory must return an nn.Module")
+        model = _build(arch)
         try:
             obj = torch.load(str(path), weights_only=True, map_location="cpu")
         except Exception as e:  # noqa: BLE001
@@ -162,12 +231,7 @@ def load_model(path: str | Path, arch: str | None = None) -> Loaded:
                                 "save model.state_dict() with torch.save")
         _load_state(model, state, arch)
         return Loaded("state_dict+arch", module=model.eval())
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-    except OSError as e:
-        raise EqdeployError(f"cannot read {path} ({e.strerror})", "check the permissions") from None
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):
         raise EqdeployError(f"{path} is not a torch checkpoint (unknown header {head!r})",
                             "pass a file written by torch.save or torch.export.save")
-    return _unpickle(path)
+    return _unpickle(path, zipped=head.startswith(b"PK"))

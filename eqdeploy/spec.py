@@ -205,7 +205,7 @@ class SymmetrySpec:
     def loads(cls, text: str | bytes) -> SymmetrySpec:
         try:
             return cls.from_json(json.loads(text))
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
             raise EqdeployError(f"malformed symmetry manifest ({e})",
                                 "re-run 'eqdeploy convert' to regenerate it") from None
 

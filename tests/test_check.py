@@ -117,7 +117,7 @@ def test_bare_profile_name_resolves_under_targets(tmp_path, monkeypatch):
 
 def _one_line_error(args) -> str:
     res = _invoke(args)
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == 2, res.output  # malformed input: 2, a violated budget: 1
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
     return lines[0]

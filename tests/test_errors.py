@@ -60,7 +60,7 @@ def test_misaligned_input_size_names_layer_and_writes_nothing(tmp_path):
     out = tmp_path / "out"
     res = _convert(["examples/c4_cnn.pt", "--arch", "eqdeploy.models.reference:c4_cnn",
                     "--input-shape", "1,1,32,32", "-o", str(out)])
-    assert res.exit_code == 1
+    assert res.exit_code == 2  # bad usage: the input size does not fit the model
     assert "misaligned at layer features.3" in res.output and "29, 33" in res.output
     assert not out.exists() or not list(out.iterdir())
 

@@ -221,9 +221,16 @@ def test_equivariant_feature_map_output(art, tmp_path):
 
 def test_cli_writes_json_and_markdown(art, tmp_path):
     js, md = tmp_path / "r.json", tmp_path / "r.md"
-    res = CliRunner().invoke(bench_cmd, [str(art["dir"] / "inv.tflite"), "--runs", "10",
-                                         "--warmup", "1", "--threads", "1", "--json", str(js),
-                                         "--md", str(md), "--plots", str(tmp_path / "plots")])
+    args = [str(art["dir"] / "inv.tflite"), "--runs", "10", "--warmup", "1", "--threads", "1",
+            "--json", str(js), "--md", str(md), "--plots", str(tmp_path / "plots")]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:  # refused before measuring, nothing written; then without --plots
+        res = CliRunner().invoke(bench_cmd, args)
+        assert res.exit_code == 2 and "--plots needs matplotlib" in res.output, res.output
+        assert not js.exists() and not md.exists()
+        args = args[:-2]
+    res = CliRunner().invoke(bench_cmd, args)
     assert res.exit_code == 0, res.output
     assert "r1" in res.output and "p50" in res.output
     report = json.loads(js.read_text())
@@ -231,12 +238,10 @@ def test_cli_writes_json_and_markdown(art, tmp_path):
     text = md.read_text()
     assert "## Equivariance" in text and "| r3 | 90" not in text and "| r3 | 270 |" in text
     plots = report["plots"]
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        assert plots["available"] is False and "matplotlib" in plots["note"]
-    else:
+    if "--plots" in args:
         assert all(Path(f).is_file() for f in plots["files"]) and len(plots["files"]) == 2
+    else:
+        assert plots is None
 
 
 def test_check_gates_real_bench_reports(art, tmp_path):
@@ -259,7 +264,7 @@ def test_check_gates_real_bench_reports(art, tmp_path):
 
 def _one_line_error(args: list[str]) -> str:
     res = CliRunner().invoke(bench_cmd, args)
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == 2, res.output  # a bad input file
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
     return lines[0]

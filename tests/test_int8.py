@@ -123,7 +123,8 @@ def test_analytical_and_calibrated_ranges_also_work(name, method, float_io, tmp_
     report = convert(path, ConvertOptions(outdir=tmp_path / "out", input_shape=(1, 1, n, n),
                                           arch=f"eqdeploy.models.reference:{name}", int8=True,
                                           probes=48, probe_inputs=probes, float_io=float_io,
-                                          calibration=calib, data_free="bn-stats",
+                                          calibration=calib,
+                                          data_free="bn-stats" if calib is None else "distilled",
                                           input_norm=([0.1307], [0.3081])))
     assert report["quantization"]["params"]["scheme"]["ranges_from"] == method
     art = next(a for a in report["artifacts"] if a["precision"] == "int8")

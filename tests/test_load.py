@@ -86,7 +86,7 @@ def test_pt2_without_manifest_is_refused(c4, tmp_path):
 @pytest.mark.parametrize("content,match", [
     (b"", "is empty"),
     (b"hello world, not a model", "not a torch checkpoint"),
-    (b"PK\x03\x04garbage" * 10, "cannot read"),
+    (b"PK\x03\x04garbage" * 10, "truncated or damaged"),
 ])
 def test_corrupt_files(content, match, tmp_path):
     path = tmp_path / "bad.pt"

@@ -25,6 +25,7 @@ from eqdeploy.harness.equivariance import (
     summarize,
 )
 from eqdeploy.harness.latency import time_runs, timed
+from eqdeploy.harness.measurable import check_outputs, check_probes_move, check_rows
 from eqdeploy.harness.probes import Probes, load_probes
 from eqdeploy.harness.rotate import METHOD
 from eqdeploy.harness.runtime import Runner, open_artifact, read_spec
@@ -169,8 +170,11 @@ def run_bench(artifact: str | Path, runs: int = 100, warmup: int = 10, threads: 
         f, raw = _last_call_cache(runner.run), None
     y = f(probes.inputs)
     _check_layouts(spec, runner, y)
+    check_outputs(y, artifact.name)
+    check_probes_move(spec, probes.inputs)
     classifier = _is_classifier(spec, y)
     equiv = _equivariance(spec, f, raw, probes, y, integer_out, str(artifact))
+    check_rows(equiv["rows"], artifact.name)
 
     fidelity = None
     if probes.reference is not None:

@@ -6,24 +6,60 @@ without it (what a device with only the base install uses).
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
+import os
 from pathlib import Path
 
 import click
 
 from eqdeploy.errors import EqdeployError
+from eqdeploy.toplevel import HandledCommand, HandledGroup, debug_option
 
-
-def _fail(e: EqdeployError) -> click.ClickException:
-    return click.ClickException(str(e))
+MAX_RUNS = 1_000_000
 
 
 def _write(path: str, text: str) -> None:
+    """Write a report atomically (a temporary file beside it, then a rename)."""
     if path == "-":
         click.echo(text, nl=False)
-    else:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text, encoding="utf-8")
+        return
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_bench_outputs(artifact: str, probes: str | None, labels: str | None,
+                         outs: dict[str, str | None], plots_dir: str | None) -> list[Path]:
+    """Every destination bench will write, checked before it measures; returns the
+    folders created for them."""
+    from eqdeploy.harness.probes import bundled_probes_path
+    from eqdeploy.harness.runtime import sidecar_path
+    from eqdeploy.outputs import check_destination
+
+    inputs = {"artifact": Path(artifact), "sidecar": sidecar_path(artifact),
+              "probe": Path(probes) if probes else bundled_probes_path(artifact)}
+    if labels:
+        inputs["labels"] = Path(labels)
+    given = [p for p in outs.values() if p and p != "-"]
+    if len(set(given)) < len(given):
+        raise EqdeployError("--json and --md name the same file", "give two file names")
+    if list(outs.values()).count("-") > 1:
+        raise EqdeployError("--json - and --md - both write to stdout", "send one to a file")
+    if plots_dir is not None and importlib.util.find_spec("matplotlib") is None:
+        raise EqdeployError("--plots needs matplotlib, which is not installed",
+                            "pip install 'eqdeploy[plots]', or drop --plots")
+    created = []
+    for option, path in outs.items():
+        if path:
+            created += check_destination(path, option, inputs)
+    return created
 
 
 def _summary(report: dict) -> str:
@@ -66,15 +102,18 @@ def _summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command("bench", epilog="""\b
+@click.command("bench", cls=HandledCommand, epilog="""\b
 Example:
   eqdeploy bench model.tflite --runs 200 --threads 4 --json model.bench.json --md model.bench.md
   eqdeploy check model.bench.json --budget targets/raspberry-pi-5.toml
 """)
 @click.argument("artifact", type=click.Path(dir_okay=False))
-@click.option("--runs", default=100, show_default=True, help="Timed runs (one batch each).")
-@click.option("--warmup", default=10, show_default=True, help="Untimed runs before timing.")
-@click.option("--threads", type=int, default=None, help="Runtime threads [default: runtime's].")
+@click.option("--runs", type=click.IntRange(1, MAX_RUNS), default=100, show_default=True,
+              help="Timed runs (one batch each).")
+@click.option("--warmup", type=click.IntRange(0, MAX_RUNS), default=10, show_default=True,
+              help="Untimed runs before timing.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="Runtime threads [default: runtime's].")
 @click.option("--probes", "probes", type=click.Path(dir_okay=False), default=None,
               help="Probe inputs .npz (inputs, [reference], [labels]) "
                    "[default: ARTIFACT.probes.npz, else synthetic noise].")
@@ -86,21 +125,29 @@ Example:
               help="Write the Markdown report here ('-' for stdout).")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None,
               help="Write PNG plots into this directory (needs matplotlib).")
+@debug_option
 def bench(artifact, runs, warmup, threads, probes, labels, json_out, md_out, plots_dir):
     """Measure latency, equivariance and fidelity of a .tflite or .onnx ARTIFACT here.
 
     Needs only numpy and one runtime (ai-edge-litert or tflite-runtime for .tflite,
     onnxruntime for .onnx). The symmetry comes from the artifact or its sidecar
-    ARTIFACT.eqdeploy.json; probe inputs from --probes, else ARTIFACT.probes.npz.
+    ARTIFACT.eqdeploy.json; probe inputs from --probes, else ARTIFACT.probes.npz. The
+    --json/--md/--plots destinations are checked before measuring. Exit 1 if the
+    measurement could not be made (non-finite or constant outputs).
     """
     from eqdeploy.harness.bench import run_bench
     from eqdeploy.report.markdown import bench_markdown
 
+    created = _check_bench_outputs(artifact, probes, labels,
+                                   {"--json": json_out, "--md": md_out}, plots_dir)
     try:
         report = run_bench(artifact, runs=runs, warmup=warmup, threads=threads,
                            probes_path=probes, labels_path=labels)
-    except EqdeployError as e:
-        raise _fail(e) from None
+    except BaseException:
+        for d in created:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
     if plots_dir is not None:
         from eqdeploy.report.plots import write_plots
 
@@ -114,10 +161,11 @@ def bench(artifact, runs, warmup, threads, probes, labels, json_out, md_out, plo
         _write(md_out, bench_markdown(report))
 
 
-@click.command("check", epilog="""\b
+@click.command("check", cls=HandledCommand, epilog="""\b
 Example:
   eqdeploy check model.bench.json --budget targets/raspberry-pi-5.toml --max-p99-ms 40
-Exit status: 0 when every budget holds, 1 when one is violated or a file is malformed.
+Exit status: 0 when every budget holds, 1 when one is violated (or not in the report),
+2 when the report or the budget file is missing or malformed, or no budget is given.
 """)
 @click.argument("report", type=click.Path(dir_okay=False))
 @click.option("--budget", "budget_file", type=click.Path(dir_okay=False), default=None,
@@ -139,24 +187,23 @@ Exit status: 0 when every budget holds, 1 when one is violated or a file is malf
               help="Max ratio of the artifact's interpolated error to FP32's, same element.")
 @click.option("--min-rotation-top1", type=float, default=None,
               help="Min top-1 agreement of f(x) and f(g.x) over the interpolated elements.")
+@debug_option
 def check(report, budget_file, **inline):
-    """Compare a REPORT (JSON from bench) with budgets; exit 1 if any is violated.
+    """Compare a REPORT (JSON from bench or convert) with budgets; exit 1 if any is violated,
+    2 if a file is malformed.
 
     Budgets come from --budget's [budgets] table, overridden by the --max-/--min- options.
     A budget whose metric the report lacks fails.
     """
     from eqdeploy.report.check import check_report, format_table, load_budgets, load_report
 
-    try:
-        data = load_report(report)
-        budgets = load_budgets(budget_file) if budget_file else {}
-        budgets.update({k: v for k, v in inline.items() if v is not None})
-        if not budgets:
-            raise EqdeployError("no budgets given",
-                                "pass --budget targets/NAME.toml or a --max-/--min- option")
-        rows = check_report(data, budgets, report)
-    except EqdeployError as e:
-        raise _fail(e) from None
+    data = load_report(report)
+    budgets = load_budgets(budget_file) if budget_file else {}
+    budgets.update({k: v for k, v in inline.items() if v is not None})
+    if not budgets:
+        raise EqdeployError("no budgets given",
+                            "pass --budget targets/NAME.toml or a --max-/--min- option")
+    rows = check_report(data, budgets, report)
     click.echo(format_table(rows))
     failed = [r.name for r in rows if not r.ok]
     if failed:
@@ -165,7 +212,9 @@ def check(report, budget_file, **inline):
     click.echo(f"ok: {len(rows)} budgets hold")
 
 
-@click.group(help="eqdeploy device-side commands (bench, check) without the conversion stack.")
+@click.group(cls=HandledGroup,
+             help="eqdeploy device-side commands (bench, check) without the conversion stack.")
+@debug_option
 def _main() -> None:
     pass
 

@@ -1,7 +1,8 @@
 """Probe inputs for ``bench``: a given ``.npz``, else the one bundled with the artifact, else noise.
 
-A probe file is an ``.npz`` with ``inputs`` (float, ``(N, C, H, W)``: the model's float input,
-before any quantization), optionally ``reference`` (the FP32 source model's outputs for them)
+A probe file is an ``.npz`` with ``inputs`` (else ``test``, else ``calib``, as ``convert
+--probes`` reads it; float, ``(N, C, H, W)``: the model's float input, before any
+quantization), optionally ``reference`` (the FP32 source model's outputs for them)
 and ``labels`` (int, ``(N,)``); ``eqdeploy convert`` also stores the FP32 reference's
 per-probe interpolated errors (``interp_elements``, ``interp_reference_err``; see
 ``harness/equivariance.py``). ``eqdeploy convert`` writes ``<artifact>.probes.npz``.
@@ -10,7 +11,6 @@ Synthetic probes (seeded normal noise) are the last resort and are labelled as s
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from eqdeploy.errors import EqdeployError
 from eqdeploy.harness.equivariance import reference_rows
+from eqdeploy.input_arrays import check_inputs, pick_key, read_arrays
 
 PROBES_SUFFIX = ".probes.npz"
 SYNTHETIC_COUNT = 16
@@ -50,24 +51,9 @@ def bundled_probes_path(artifact: str | Path) -> Path:
     return Path(f"{artifact}{PROBES_SUFFIX}")
 
 
-def _shape_str(shape: tuple[int, ...]) -> str:
-    return "(N, " + ", ".join(str(s) for s in shape[1:]) + ")"
-
-
 def _load_arrays(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise EqdeployError(f"probe file {path} does not exist",
-                            "pass an .npz with an 'inputs' array, or omit --probes")
-    try:
-        data = np.load(path, allow_pickle=False)
-        if isinstance(data, np.ndarray):  # a plain .npy: inputs only
-            return {"inputs": data}
-        with data:
-            return {k: data[k] for k in data.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise EqdeployError(f"{path} is not a readable .npz file ({str(e).splitlines()[0]})",
-                            "write it with numpy.savez(path, inputs=..., reference=...)"
-                            ) from None
+    arrays = read_arrays(path, "probe")
+    return {"inputs": arrays[""]} if "" in arrays else arrays  # a plain .npy: inputs only
 
 
 def _check_labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
@@ -89,32 +75,27 @@ def load_labels(path: str | Path, n: int) -> np.ndarray:
 
 def validate(arrays: dict[str, np.ndarray], input_shape: tuple[int, ...], where: str
              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Check a probe file's arrays against the artifact's input shape; returns them cast."""
-    if "inputs" not in arrays:
-        raise EqdeployError(f"{where} has no 'inputs' array (found: {sorted(arrays) or 'none'})",
-                            "save the probe inputs as 'inputs' with shape "
-                            f"{_shape_str(input_shape)}")
-    x = arrays["inputs"]
-    if (x.ndim != len(input_shape) or tuple(x.shape[1:]) != tuple(input_shape[1:])
-            or len(x) == 0):
-        raise EqdeployError(f"{where}: 'inputs' has shape {tuple(x.shape)}, expected "
-                            f"{_shape_str(input_shape)} with N >= 1",
-                            "give probes at the artifact's input size")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise EqdeployError(f"{where}: 'inputs' has dtype {x.dtype}, expected float32",
-                            "store the model's float input (before quantization)")
-    if not np.isfinite(x).all():
-        raise EqdeployError(f"{where}: 'inputs' contains NaN or inf", "give finite probe inputs")
+    """Check a probe file's arrays against the artifact's input shape; returns them cast.
+
+    The inputs follow ``convert --probes``'s rule (``inputs``, else ``test``, else ``calib``;
+    ``eqdeploy.input_arrays``); labels are ``labels`` or ``<key>_labels``."""
+    path = Path(where)
+    key = pick_key(arrays, path, "probe")
+    x = check_inputs(arrays[key], path, "probe", key, [], shape=tuple(input_shape),
+                     rank=len(input_shape))
     ref = arrays.get("reference")
     if ref is not None and (ref.ndim < 1 or len(ref) != len(x)
                             or not np.issubdtype(ref.dtype, np.floating)):
         raise EqdeployError(f"{where}: 'reference' has shape {tuple(ref.shape)} and dtype "
                             f"{ref.dtype}, expected float ({len(x)}, ...)",
                             "store one FP32 output per probe input")
-    labels = arrays.get("labels")
+    if ref is not None and not np.isfinite(ref).all():
+        raise EqdeployError(f"{where}: 'reference' contains NaN or inf",
+                            "store the FP32 source model's (finite) outputs")
+    labels = arrays.get("labels", arrays.get(f"{key}_labels"))
     if labels is not None:
         labels = _check_labels(labels, len(x), where)
-    return (x.astype(np.float32), None if ref is None else ref.astype(np.float32), labels)
+    return (x, None if ref is None else ref.astype(np.float32), labels)
 
 
 def synthetic_probes(input_shape: tuple[int, ...], count: int = SYNTHETIC_COUNT,

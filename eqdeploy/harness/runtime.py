@@ -204,7 +204,12 @@ def read_spec(path: str | Path, runner: Runner | None = None) -> SymmetrySpec:
     else:
         text = None
     if text is None and sidecar_path(path).is_file():
-        text = json.dumps(json.loads(sidecar_path(path).read_text())["symmetry"])
+        try:
+            text = json.dumps(json.loads(sidecar_path(path).read_text())["symmetry"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise EqdeployError(f"sidecar {sidecar_path(path)} is not an eqdeploy manifest "
+                                f"({type(e).__name__}: {str(e)[:100]})",
+                                "re-run 'eqdeploy convert' to rewrite it") from None
     if text is None:
         raise EqdeployError(f"{path} carries no symmetry manifest and has no sidecar",
                             f"keep {sidecar_path(path).name} beside it or re-run 'eqdeploy "

@@ -1,71 +1,119 @@
-"""Calibration inputs for activation ranges: an ``.npz``/``.npy`` array or a folder of images.
+"""Calibration and probe inputs: an ``.npz``/``.npy`` array or a folder of images.
 
-Arrays must already be the model's input: float32 ``(N, C, H, W)`` after normalization
-(``.npz`` key ``calib`` or ``inputs``, or the only array; probe files: ``inputs``, then
-``test``, then ``calib``). Images (PNG, JPEG, BMP, TIFF) are
-read with Pillow, converted to C channels (L or RGB), centre-cropped/resized to H x W, scaled
-to [0, 1] and normalized with the given mean/std. Errors name the file and the expected shape.
+Arrays must already be the model's input, by the rules of ``calibration/README.md``
+(``eqdeploy.input_arrays``: key, rank 4, float32 or a reported cast, finite, ``N >= 1``).
+Images (PNG, JPEG, BMP, TIFF) are read with Pillow in sorted filename order, converted to C
+channels (L or RGB), centre-cropped/resized to H x W, scaled to [0, 1] and normalized with
+the given mean/std; other files are skipped. What was cast, resized or skipped is appended
+to ``notes``. ``read_inputs`` checks a file without the model (before any heavy work);
+``load_calibration`` also checks it against the model's input shape. numpy (+ Pillow).
 """
 
 from __future__ import annotations
 
-import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from eqdeploy.errors import EqdeployError
+from eqdeploy.input_arrays import (
+    CALIBRATION_KEYS,
+    PROBE_KEYS,
+    check_inputs,
+    expected,
+    pick_key,
+    read_arrays,
+)
+from eqdeploy.input_arrays import check_shape as check_array_shape
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
-def _shape(shape: tuple[int, ...]) -> str:
-    return "(N, " + ", ".join(str(s) for s in shape[1:]) + ")"
+@dataclass
+class Inputs:
+    """A checked calibration/probe source: an array, or the image files of a folder."""
+
+    path: Path
+    role: str  # "calibration" | "probe"
+    array: np.ndarray | None = None
+    images: list[Path] | None = None
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) per image
+    notes: list[str] = field(default_factory=list)
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """Against the model's input ``shape``; notes which images will be resized."""
+        if self.array is not None:
+            check_array_shape(self.array, shape, f"{self.role} file {self.path}")
+            return
+        channels, h, w = shape[1:]
+        if channels not in (1, 3):
+            raise EqdeployError(f"the model takes {channels} channels; images give 1 or 3",
+                                f"pass an .npz of {self.role} inputs {expected(shape)} instead")
+        resized = sorted({f"{sw}x{sh}" for sw, sh in self.sizes if (sw, sh) != (w, h)})
+        if resized:
+            count = sum((sw, sh) != (w, h) for sw, sh in self.sizes)
+            note = (f"{self.role} folder {self.path}: {count} of {len(self.sizes)} images "
+                    f"centre-cropped and resized from {', '.join(resized)} to {w}x{h}")
+            if note not in self.notes:
+                self.notes.append(note)
 
 
-def _from_array(path: Path, shape: tuple[int, ...], keys: tuple[str, ...]) -> np.ndarray:
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise EqdeployError(f"calibration file {path} is unreadable ({e})",
-                            f"pass an .npz/.npy with float32 inputs {_shape(shape)}") from None
-    if isinstance(data, np.lib.npyio.NpzFile):
-        names = list(data.keys())
-        key = next((k for k in keys if k in names), names[0] if len(names) == 1 else None)
-        if key is None:
-            raise EqdeployError(f"calibration file {path} has arrays {names} but none of "
-                                f"{list(keys)}", f"store the inputs under the key '{keys[0]}'")
-        data = data[key]
-    x = np.asarray(data)
-    if x.ndim == 3 and shape[1] == 1:
-        x = x[:, None]
-    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(shape[1:]) or len(x) == 0:
-        raise EqdeployError(f"calibration file {path} holds shape {x.shape}",
-                            f"the model expects inputs {_shape(shape)} with N >= 1")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise EqdeployError(f"calibration file {path} holds {x.dtype} values",
-                            "store float32 inputs, already normalized as the model expects")
-    return x.astype(np.float32)
+def read_inputs(path: str | Path, role: str = "calibration",
+                keys: tuple[str, ...] | None = None,
+                shape: tuple[int, ...] | None = None) -> Inputs:
+    """Read and check ``path`` by the format rules (``shape``: the model's input, if known;
+    ``Inputs.check_shape`` checks it later otherwise)."""
+    path = Path(path)
+    if not path.exists():
+        raise EqdeployError(f"{role} path {path} does not exist",
+                            "pass a folder of images or an .npz of inputs")
+    if path.is_dir():
+        return _image_folder(path, role)
+    arrays = read_arrays(path, role, shape)
+    if keys is not None and "" not in arrays:  # an explicit key order (API callers)
+        key = next((k for k in keys if k in arrays), None) or pick_key(arrays, path, role)
+    else:
+        key = pick_key(arrays, path, role)
+    out = Inputs(path, role)
+    out.array = check_inputs(arrays[key], path, role, key, out.notes, shape)
+    return out
 
 
-def _from_images(folder: Path, shape: tuple[int, ...], mean, std) -> np.ndarray:
+def _image_folder(folder: Path, role: str) -> Inputs:
     from PIL import Image, UnidentifiedImageError
 
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
-        raise EqdeployError(f"calibration folder {folder} has no images",
-                            f"add PNG/JPEG files or pass an .npz of inputs {_shape(shape)}")
-    channels, h, w = shape[1:]
-    if channels not in (1, 3):
-        raise EqdeployError(f"the model takes {channels} channels; images give 1 or 3",
-                            "pass an .npz with the inputs instead")
-    out = []
+        raise EqdeployError(f"{role} folder {folder} has no images",
+                            "add PNG/JPEG files or pass an .npz of inputs")
+    out = Inputs(folder, role, images=files)
     for f in files:
         try:
-            img = Image.open(f).convert("L" if channels == 1 else "RGB")
-        except (OSError, UnidentifiedImageError):
-            raise EqdeployError(f"calibration image {f} is unreadable",
+            with Image.open(f) as img:
+                img.verify()
+            with Image.open(f) as img:
+                out.sizes.append(img.size)
+        except (OSError, UnidentifiedImageError, SyntaxError):
+            raise EqdeployError(f"{role} image {f} is unreadable",
                                 "remove it or replace it with a PNG/JPEG") from None
+    skipped = [p.name for p in entries if p not in files]
+    if skipped:
+        shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        out.notes.append(f"{role} folder {folder}: skipped {len(skipped)} non-image "
+                         f"entr{'y' if len(skipped) == 1 else 'ies'} ({shown})")
+    return out
+
+
+def _images_to_array(inputs: Inputs, shape: tuple[int, ...], mean, std) -> np.ndarray:
+    from PIL import Image
+
+    channels, h, w = shape[1:]
+    out = []
+    for f in inputs.images or []:
+        with Image.open(f) as src:
+            img = src.convert("L" if channels == 1 else "RGB")
         side = min(img.size)
         left, top = (img.width - side) // 2, (img.height - side) // 2
         img = img.crop((left, top, left + side, top + side)).resize((w, h), Image.BILINEAR)
@@ -78,13 +126,19 @@ def _from_images(folder: Path, shape: tuple[int, ...], mean, std) -> np.ndarray:
 
 
 def load_calibration(path: str | Path, shape: tuple[int, ...], mean=0.0, std=1.0,
-                     keys: tuple[str, ...] = ("calib", "inputs")) -> np.ndarray:
-    """Calibration inputs shaped like ``shape`` (N, C, H, W) from ``path``; ``keys``: the
-    ``.npz`` arrays to look for, in order (probes prefer ``inputs``, then ``test``)."""
-    path = Path(path)
-    if not path.exists():
-        raise EqdeployError(f"calibration path {path} does not exist",
-                            "pass a folder of images or an .npz of inputs")
-    if path.is_dir():
-        return _from_images(path, shape, mean, std)
-    return _from_array(path, shape, keys)
+                     keys: tuple[str, ...] | None = None, role: str = "calibration",
+                     notes: list[str] | None = None) -> np.ndarray:
+    """Inputs shaped like ``shape`` (N, C, H, W) from ``path``. ``role`` picks the key rule
+    and names the file in errors ("calibration": exactly one of ``calib``/``inputs``;
+    "probe": ``inputs``, else ``test``, else ``calib``); ``keys`` overrides the key order."""
+    inputs = read_inputs(path, role, keys, shape)
+    inputs.check_shape(shape)
+    if notes is not None:
+        notes.extend(inputs.notes)
+    if inputs.array is not None:
+        return inputs.array
+    return _images_to_array(inputs, shape, mean, std)
+
+
+__all__ = ["CALIBRATION_KEYS", "IMAGE_SUFFIXES", "PROBE_KEYS", "Inputs", "load_calibration",
+           "read_inputs"]
