@@ -4,6 +4,8 @@
 fails on their local lambdas); ``pickle``: ``torch.save(model, f)``; ``state_dict``:
 ``torch.save(model.state_dict(), f)``, converted with ``--arch <factory>``;
 ``torchscript``: ``torch.jit.trace(model, x).save(f)``, converted with ``--group``.
+``convert_argv`` is the ``eqdeploy convert`` command line the zoo's benchmark and tests run:
+64 probes, the bundled MNIST test digits (and their normalization) for 1x29x29 models.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from eqdeploy.datasets import MNIST29, MNIST_MEAN, MNIST_STD
 from eqdeploy.errors import EqdeployError
 from eqdeploy.models.zoo import SAVE_FORMATS, ZooModel
 
@@ -45,3 +48,22 @@ def save_as_user(entry: ZooModel, model: nn.Module, directory: Path,
         if "--group" not in args:
             args += ["--group", entry.group]
     return path, args
+
+
+PROBES = 64
+
+
+def probe_args(entry: ZooModel) -> list[str]:
+    """Probe inputs for the zoo's conversions: MNIST digits where the input is a 29x29
+    digit, else seeded noise."""
+    args = ["--num-probes", str(PROBES)]
+    if entry.input_shape[1:] == (1, 29, 29):
+        args += ["--probes", str(MNIST29), "--input-norm", f"{MNIST_MEAN}:{MNIST_STD}"]
+    return args
+
+
+def convert_argv(entry: ZooModel, path: Path, file_args: list[str], outdir: Path,
+                 int8: bool = True, target: str = "all") -> list[str]:
+    """``eqdeploy convert`` arguments for a file saved by ``save_as_user``."""
+    return ["convert", str(path), *file_args, *probe_args(entry), *(["--int8"] if int8 else []),
+            "--target", target, "-o", str(outdir)]
