@@ -160,3 +160,38 @@ def test_restricted_wide_resnet_converts_as_its_subgroup():
     x = torch.randn(2, 3, 33, 33)
     with torch.no_grad():
         assert torch.allclose(plain(x), model(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pool", ["PointwiseAvgPoolAntialiased", "PointwiseMaxPoolAntialiased"])
+def test_antialiased_pools_equal_the_library_modules(pool):
+    from e2cnn import gspaces
+    from e2cnn import nn as enn
+
+    from eqdeploy.adapters.geometric import plain_equivalent
+
+    gs = gspaces.Rot2dOnR2(8)
+    ft = enn.FieldType(gs, 2 * [gs.regular_repr])
+    x = torch.randn(2, ft.size, 13, 13)
+    for kw in ({"sigma": 0.66, "stride": 2}, {"sigma": 0.66, "stride": 1, "padding": 0}):
+        if pool == "PointwiseMaxPoolAntialiased":
+            kw = {**kw, "kernel_size": 3}
+        module = getattr(enn, pool)(ft, **kw).eval()
+        with torch.no_grad():
+            want = module(enn.GeometricTensor(x, ft)).tensor
+            got = plain_equivalent(module, "pool")(x)
+        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-6, rtol=0), kw
+
+
+def test_reshuffle_module_becomes_a_channel_permutation():
+    from e2cnn import gspaces
+    from e2cnn import nn as enn
+
+    from eqdeploy.adapters.geometric import ChannelPermutation, plain_equivalent
+
+    gs = gspaces.Rot2dOnR2(4)
+    ft = enn.FieldType(gs, [gs.regular_repr, gs.trivial_repr, gs.regular_repr])
+    module = enn.ReshuffleModule(ft, [2, 0, 1])
+    plain = plain_equivalent(module, "shuffle")
+    assert isinstance(plain, ChannelPermutation)
+    x = torch.randn(2, ft.size, 5, 5)
+    assert torch.equal(plain(x), module(enn.GeometricTensor(x, ft)).tensor)

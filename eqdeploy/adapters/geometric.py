@@ -299,6 +299,7 @@ _BUILDERS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "MaskModule": _mask,
     "RestrictionModule": lambda m: nn.Identity(),  # a new field type, the same tensor
     "DisentangleModule": _disentangle,
+    "ReshuffleModule": lambda m: ChannelPermutation(m.indices),
 }
 
 
