@@ -89,8 +89,9 @@ def framework_element(gspace, element: Element):
     n = _rotation_order(gspace)
     flips = bool(gspace.flips_order) if _is_escnn(gspace) else "Flip" in type(gspace).__name__
     if n % element.order or (element.flip and not flips):
-        raise EqdeployError(f"group element {element.name} of D/C{element.order} is not in "
-                            f"the model's group {gspace.name}", "report this model to eqdeploy")
+        raise EqdeployError(f"the group element {element.name} ({element.order} rotations) is "
+                            f"not in the field type's group {gspace.name}",
+                            "report this model to eqdeploy")
     rotation = element.rotation * (n // element.order)
     if _is_escnn(gspace):
         if flips and n > 1:
