@@ -6,20 +6,7 @@ One INT8 ``--target all`` CLI conversion per model, read by the shared checks of
 >= 0.97 vs FP32, integer kernels, FP32 artifacts equal to the source).
 """
 
-from __future__ import annotations
+from wild_zoo_checks import *  # noqa: F403 - the shared zoo tests, collected here
+from wild_zoo_checks import zoo_fixture_for
 
-import pytest
-from wild_zoo_checks import (  # noqa: F401 - pytest collects the imported tests here
-    test_fp32_artifacts_match_the_source,
-    test_int8_outputs_unchanged_under_every_exact_element,
-    test_int8_runs_in_integers,
-    test_int8_top1_agrees_with_fp32,
-    zoo_fixture,
-)
-
-MODELS = ["p4_resnet_inplace", "p4_preact_resnet", "p4_silu_resnet"]
-
-
-@pytest.fixture(scope="module", params=MODELS)
-def zoo(request, tmp_path_factory):
-    return zoo_fixture(request, tmp_path_factory)
+zoo = zoo_fixture_for(["p4_resnet_inplace", "p4_preact_resnet", "p4_silu_resnet"])

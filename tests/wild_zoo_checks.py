@@ -1,10 +1,10 @@
 """Shared checks of the wild-zoo INT8 tests (issue 11), one conversion per model.
 
-Each ``test_wild_zoo_*.py`` file names its models in ``MODELS``, defines the module-scoped
-``zoo`` fixture with ``zoo_fixture`` and imports the ``test_*`` functions below, so pytest
-collects them there: every model is built, saved the way its registry entry says and
-converted once with the CLI (``eqdeploy convert ... --int8 --target all``, in process), and
-every test reads that one report. What issue 11 requires of every zoo model:
+Each ``test_wild_zoo_*.py`` file star-imports this module (``__all__``: the ``test_*``
+functions, collected there) and sets ``zoo = zoo_fixture_for([...its models])``: every
+model is built, saved the way its registry entry says and converted once with the CLI
+(``eqdeploy convert ... --int8 --target all``, in process), and every test reads that one
+report. What issue 11 requires of every zoo model:
 
 - FP32 artifacts equal to the source (1e-4) and equivariant;
 - INT8 in both runtimes: 0 probes changed under every exact group element;
@@ -33,16 +33,31 @@ NO_INTEGER_KERNEL = {"onnxruntime": {"Elu"}, "ai-edge-litert": set()}
 FLOAT_ACTIVATIONS = {"Elu", "Sigmoid", "Tanh", "Softplus", "Exp", "Erf", "HardSigmoid"}
 
 
-def zoo_fixture(request, tmp_path_factory) -> dict:
-    """Build, save as the user would and convert ``request.param`` once: the report."""
+__all__ = ["test_fp32_artifacts_match_the_source",
+           "test_int8_outputs_unchanged_under_every_exact_element",
+           "test_int8_top1_agrees_with_fp32", "test_int8_runs_in_integers", "zoo_fixture_for"]
+
+
+def converted(name: str, tmp_path_factory) -> dict:
+    """Build zoo model ``name``, save it as its users would and convert it once."""
     from eqdeploy.cli import main
 
-    entry = ZOO[request.param]
+    entry = ZOO[name]
     d = tmp_path_factory.mktemp(entry.name)
     path, args = save_as_user(entry, build(entry.name), d)
     main(convert_argv(entry, path, args, d / "out"), standalone_mode=False)
     report = json.loads((d / "out" / f"{entry.name}.report.json").read_text())
     return {"entry": entry, "report": report, "dir": d / "out"}
+
+
+def zoo_fixture_for(models: list[str]):
+    """The module-scoped ``zoo`` fixture over ``models``: one conversion each."""
+
+    @pytest.fixture(scope="module", params=models)
+    def zoo(request, tmp_path_factory):
+        return converted(request.param, tmp_path_factory)
+
+    return zoo
 
 
 def _row(zoo: dict, runtime: str, fp32: bool = False) -> dict:
