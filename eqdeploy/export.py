@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from eqdeploy.adapters import e2cnn_compat
-from eqdeploy.adapters.field_types import group_of, layout_of
+from eqdeploy.adapters.field_types import layout_of, model_group
 from eqdeploy.adapters.geometric import Swapped, framework_of, swapped_modules
 from eqdeploy.errors import EqdeployError
 from eqdeploy.graph_layouts import assign_layouts, output_node
@@ -57,6 +57,7 @@ class _TensorOutput(nn.Module):
 
 def detect_framework(model: nn.Module) -> str | None:
     """'e2cnn' / 'escnn' if the model contains equivariant modules of that library."""
+    e2cnn_compat.install_on_import()  # walking a flip-group model hashes e2cnn bases
     found = {framework_of(m) for m in model.modules()} - {None}
     if len(found) > 1:
         raise EqdeployError("the model mixes e2cnn and escnn modules",
@@ -114,8 +115,6 @@ def export_equivariant(model: nn.Module, example: torch.Tensor,
         raise EqdeployError("the model has no e2cnn/escnn modules, so eqdeploy cannot read its "
                             "field types", "pass --group C4|D4|... to discover the layouts "
                             "of a plain-PyTorch group-conv model by probing")
-    if framework == "e2cnn":
-        e2cnn_compat.install()
     trainable = sum(p.numel() for p in model.parameters())
     was_training = model.training
     model.eval()
@@ -129,7 +128,7 @@ def export_equivariant(model: nn.Module, example: torch.Tensor,
 def _export_swapped(model: nn.Module, swapped: dict[str, Swapped], example: torch.Tensor,
                     group_name: str | None, framework: str, trainable: int) -> PlainModel:
     in_type, out_type = _trace_types(model, swapped, example)
-    group = group_of(in_type.gspace)
+    group = model_group([t.gspace for m in swapped.values() for t in (m.in_type, m.out_type)])
     if group_name and group_name.strip().upper() != group.name:
         raise EqdeployError(f"--group {group_name} does not match the model's group "
                             f"{group.name}", f"pass --group {group.name} or omit --group")

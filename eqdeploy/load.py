@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from eqdeploy.adapters import e2cnn_compat
 from eqdeploy.errors import EqdeployError
 from eqdeploy.spec import SCHEMA, SymmetrySpec
 
@@ -195,6 +196,7 @@ def _unpickle(path: Path, zipped: bool) -> Loaded:
 
 def load_model(path: str | Path, arch: str | None = None) -> Loaded:
     """Load ``path``; ``arch`` names a factory for state-dict checkpoints."""
+    e2cnn_compat.install_on_import()  # before an unpickler or a factory touches e2cnn
     path = Path(path)
     if not path.is_file():
         raise EqdeployError(f"{path} does not exist", "pass the path of a saved model")

@@ -6,11 +6,18 @@ Three upstream breaks, each fixed at its narrowest point:
   ``e2cnn.kernels.utils``;
 - ``uint8`` masks used for boolean indexing in ``SingleBlockBasisExpansion`` (torch 2.x
   accepts only bool masks).
-``install()`` is idempotent and must run before e2cnn builds a convolution basis.
+``install()`` is idempotent and must run before e2cnn builds a convolution basis or
+hashes one (walking a flip-group model's modules hashes its basis expansions; unpickling
+one does too). ``install_on_import()`` makes that hold on every path: it patches now if
+e2cnn is imported, else the moment anything imports it (a factory module, an unpickler
+resolving e2cnn classes), without importing e2cnn itself.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
+import sys
 import types
 
 import numpy as np
@@ -55,3 +62,31 @@ def install() -> None:
     singleblock.np = _module_with(np, uint8=np.bool_)
     singleblock.torch = _module_with(torch, uint8=torch.bool)
     kernel_utils._eqdeploy_patched = True
+
+
+class _PatchAfterImport(importlib.abc.MetaPathFinder):
+    """One-shot import hook: lets e2cnn import as usual, then runs ``install()``."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "e2cnn":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_patch(module: types.ModuleType) -> None:
+            exec_module(module)
+            install()
+
+        spec.loader.exec_module = exec_then_patch  # this spec's own loader instance
+        return spec
+
+
+def install_on_import() -> None:
+    """Patch e2cnn now if it is imported, else as soon as it is (idempotent, cheap)."""
+    if "e2cnn" in sys.modules:
+        install()
+    elif not any(isinstance(f, _PatchAfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchAfterImport())

@@ -40,8 +40,6 @@ _UNSUPPORTED = {
     "NormPool": "use GroupPooling on regular fields",
     "InducedNormPool": "use GroupPooling on regular fields",
     "ConcatenatedNonLinearity": "use regular fields with ReLU",
-    "RestrictionModule": "convert the restricted model as its own group (one group per model)",
-    "DisentangleModule": "use regular fields, which need no change of basis",
     "TensorProductModule": "use regular fields with ReLU",
     "FourierPointwise": "use regular fields with ReLU",
     "FourierELU": "use regular fields with ELU",
@@ -97,6 +95,28 @@ class FixedDepthwiseConv(nn.Conv2d):
         with torch.no_grad():
             self.weight.copy_(filt.detach().reshape(-1, 1, *k).expand(channels, 1, *k))
         self.weight.requires_grad_(False)
+
+
+class FixedMask(nn.Module):
+    """``x * mask`` with a fixed (1, 1, H, W) mask (e2cnn/escnn ``MaskModule``)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask
+
+
+class ChannelPermutation(nn.Module):
+    """``x[:, index]``: a fixed reordering of the channel axis."""
+
+    def __init__(self, index: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("index", index.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(1, self.index)
 
 
 class GlobalMeanPool(nn.Module):
@@ -225,6 +245,34 @@ def _pointwise(m) -> nn.Module:
     return table[fn]()
 
 
+def _mask(m) -> nn.Module:
+    mask = m.mask.detach()
+    if mask.dim() != 4 or mask.shape[:2] != (1, 1):
+        raise _Unsupported(f"its mask has shape {tuple(mask.shape)}, not (1, 1, S, S)",
+                           "use a 2D MaskModule")
+    return FixedMask(mask)
+
+
+def _disentangle(m) -> nn.Module:
+    """The change of basis of each field, when every one is a permutation matrix: a channel
+    permutation (identity for regular fields restricted to a subgroup)."""
+    index, start = [], 0
+    for rep in m.in_type.representations:
+        cob = np.asarray(getattr(m, f"change_of_basis_{rep.name}").detach().cpu(), np.float64)
+        perm = cob.round().argmax(1)
+        if not (np.allclose(cob, np.eye(rep.size)[perm], atol=1e-6)
+                and len(set(perm)) == rep.size):
+            raise _Unsupported(f"the change of basis of its field {rep.name!r} is not a "
+                               "permutation, so it mixes channels inside the field",
+                               "drop the DisentangleModule after RestrictionModule: the "
+                               "restricted regular fields are permutation fields already")
+        index.extend(start + int(i) for i in perm)
+        start += rep.size
+    if index == list(range(start)):
+        return nn.Identity()
+    return ChannelPermutation(torch.tensor(index, dtype=torch.long))
+
+
 _BUILDERS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "R2Conv": _r2conv,
     "InnerBatchNorm": _inner_bn,
@@ -248,6 +296,10 @@ _BUILDERS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "PointwiseDropout": lambda m: nn.Identity(),
     "FieldDropout": lambda m: nn.Identity(),
     "IdentityModule": lambda m: nn.Identity(),
+    "MaskModule": _mask,
+    "RestrictionModule": lambda m: nn.Identity(),  # a new field type, the same tensor
+    "DisentangleModule": _disentangle,
+    "ReshuffleModule": lambda m: ChannelPermutation(m.indices),
 }
 
 
