@@ -386,14 +386,29 @@ def _versions() -> dict:
     return out
 
 
+def _write(doc: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "conversion_cost.json").write_text(json.dumps(doc, indent=1))
+    (out / "conversion_cost.md").write_text(markdown(doc))
+    print(f"wrote {out / 'conversion_cost.md'} ({doc['total_seconds']:.0f} s of runs)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3, help="repetitions per side, example")
     ap.add_argument("--resnet-reps", type=int, default=2, help="repetitions per side, ResNet18")
     ap.add_argument("--models", default="c4_cnn,resnet18_c4")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--from-json", default=None,
+                    help="re-analyse the runs stored in a previous conversion_cost.json")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
+    out = Path(args.out)
+    if args.from_json:
+        doc = json.loads(Path(args.from_json).read_text())
+        doc["summary"] = summarize(doc["runs"], list(doc["specs"]))
+        _write(doc, out)
+        return
     from eqdeploy.harness.sysinfo import system_info
 
     models = args.models.split(",")
@@ -422,11 +437,7 @@ def main() -> None:
            "bare_calibration_inputs": BARE_CALIBRATION, "specs": specs,
            "summary": summarize(runs, models), "runs": runs,
            "total_seconds": time.perf_counter() - t0}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "conversion_cost.json").write_text(json.dumps(doc, indent=1))
-    (out / "conversion_cost.md").write_text(markdown(doc))
-    print(f"wrote {out / 'conversion_cost.md'} ({doc['total_seconds']:.0f} s)")
+    _write(doc, out)
     if any(r["error"] for r in runs) or any("error" in s for s in doc["summary"].values()):
         sys.exit(1)
 
