@@ -179,10 +179,16 @@ ITEMS = [
     ("export: torch.export of the swapped model", ("torch.export.export",),
      {"within": ("export_equivariant",)}),
     ("export: second torch.export (_clean_reexport)", ("export._clean_reexport",), {}),
+    ("export: filters made exactly invariant (adapter symmetrize)",
+     ("adapter: symmetrize filters",), {}),
     ("normalize: run_decompositions + re-export", ("normalize",), {"stage": "normalize"}),
     ("fail-fast lowering check, onnx", ("lowering check onnx",), {}),
     ("fail-fast lowering check, tflite", ("lowering check tflite",), {}),
     ("verify source + graph on probes", ("verify rows",), {"stage": "verify_graph"}),
+    ("  of which: the source model (e2cnn/escnn forward)", ("verify rows (_runtime_row) source",),
+     {"stage": "verify_graph"}),
+    ("  of which: the exported graph", ("verify rows (_runtime_row) torch.export graph",),
+     {"stage": "verify_graph"}),
     ("DFQ (incl. a torch.export)", ("run_dfq",), {}),
     ("ranges: distillation (distill_inputs)", ("distill_inputs",), {}),
     ("ranges: min/max over calibration (compute_qparams)", ("compute_qparams",), {}),
@@ -202,6 +208,7 @@ ITEMS = [
                                                                   "verify, sidecar) INT8",), {}),
     ("verify FP32 artifacts beside INT8", ("_verified (open, check, verify, sidecar) FP32",), {}),
     ("report (json, markdown, moves)", ("[report",), {}),
+    ("all equivariance_table calls (every verify row)", ("equivariance_table",), {}),
     ("all PlainModel.static_program (re-export at fixed batch)",
      ("PlainModel.static_program",), {}),
     ("all torch.export.export calls", ("torch.export.export",), {}),
@@ -262,6 +269,55 @@ def imports_by_package(runs: list[dict], n: int = 10) -> list[dict]:
             for k, v in sorted(acc.items(), key=lambda kv: -kv[1][1])[:n]]
 
 
+def _item(items: list[dict], label: str) -> float:
+    return next((i["cpu"] - i["import_cpu"] for i in items if i["item"] == label), 0.0)
+
+
+def proposals(s: dict) -> dict:
+    """Measured CPU (imports excluded) each change removes, and the projected ratio."""
+    it = s["items"]
+    static = next((i for i in it if i["item"].startswith("all PlainModel.static_program")),
+                  None)
+    changes = [
+        ("reuse", "emit the FP32 artifacts from the BN-folded graph and hand the FP32 ONNX to "
+         "the INT8 emit (`fp32=`, exists): one torch.onnx.export instead of two",
+         _item(it, "  of which: FP32 graph re-exported (fp32_model: static_program + "
+                   "torch.onnx.export)")),
+        ("fp32", "FP32 artifacts beside INT8 only on request: drops the FP32 ONNX and TFLite "
+         "emits and their verification",
+         _item(it, "ONNX FP32 emit (beside INT8)") + _item(it, "TFLite FP32 emit (beside INT8)")
+         + _item(it, "verify FP32 artifacts beside INT8")),
+        ("check", "fail-fast lowering check from a table of ops known to lower (the registry "
+         "only for ops outside it): no decompositions before the real ones",
+         _item(it, "fail-fast lowering check, onnx") + _item(it, "fail-fast lowering check, "
+                                                              "tflite")),
+        ("static", "one fixed-batch re-export per conversion (cache `static_program`), not "
+         "one per emit",
+         (static["cpu"] * (1 - 1 / static["calls"])) if static and static["calls"] else 0.0),
+        ("dedupe", f"verify each batch once: `equivariance_table` runs f(g.x) and raw(g.x) "
+         f"(the same function for FP32 rows; INT8 can dequantize raw) and raw(x) again: "
+         f"1 + 2E runs where E = {s['exact_elements']} do; saves (1 + E) / (1 + 2E) of it",
+         _item(it, "all equivariance_table calls (every verify row)")
+         * (1 + s["exact_elements"]) / (1 + 2 * s["exact_elements"])),
+        ("distill", "distillation budget (stop when ranges settle; see distill_scaling.md)",
+         _item(it, "ranges: distillation (distill_inputs)")),
+    ]
+    e = s["sides"]["eqdeploy"]["cpu_excl_imports"]["median"]
+    b = s["sides"]["bare"]["cpu_excl_imports"]["median"]
+    rows = [{"key": k, "change": text, "cpu_now": v} for k, text, v in changes]
+    keep = e - sum(r["cpu_now"] for r in rows if r["key"] in ("reuse", "check", "static",
+                                                             "dedupe"))
+    drop = e - sum(r["cpu_now"] for r in rows if r["key"] in ("fp32", "check", "static",
+                                                             "dedupe"))
+    # without FP32 artifacts the bare side drops its FP32 TFLite (its FP32 ONNX feeds ORT)
+    tfl = next(r for r in s["stages"]["bare"] if r["stage"].startswith("tflite FP32"))
+    b_int8 = b - (tfl["cpu"] - tfl["import_cpu"])
+    return {"changes": rows, "eqdeploy_cpu_excl_imports": e, "bare_cpu_excl_imports": b,
+            "bare_int8_only_cpu_excl_imports": b_int8,
+            "keep_fp32": {"cpu": keep, "ratio": keep / b},
+            "fp32_on_request": {"cpu": drop, "ratio": drop / b_int8}}
+
+
 def summarize(runs: list[dict], models: list[str]) -> dict:
     out = {}
     for name in models:
@@ -287,6 +343,9 @@ def summarize(runs: list[dict], models: list[str]) -> dict:
                      "imports": {"eqdeploy": imports_by_package(eq),
                                  "bare": imports_by_package(bare)},
                      "changed_outputs": eq[0]["verification"]}
+        out[name]["exact_elements"] = next(len(v["changed"]) for v in eq[0]["verification"]
+                                           if v["changed"])
+        out[name]["proposals"] = proposals(out[name])
     return out
 
 
@@ -366,7 +425,23 @@ def markdown(doc: dict) -> str:
         for t in s["top_samples"][:15]:
             lines.append(f"| {t['stage']} | `{t['own'].removeprefix('eqdeploy.')}` | "
                          f"`{t['callee']}` | {_f(t['cpu'], 2)} |")
-        lines.append("")
+        p = s["proposals"]
+        lines += ["", "Changes and what they remove (measured CPU s, imports excluded; the "
+                  "distillation budget's saving is in distill_scaling.md):", "",
+                  "| change | CPU s it costs now |", "|---|---|"]
+        for c in p["changes"]:
+            if c["cpu_now"]:
+                lines.append(f"| {c['change']} | {_f(c['cpu_now'], 2)} |")
+        lines += ["", f"CPU, imports excluded: eqdeploy {_f(p['eqdeploy_cpu_excl_imports'])} s "
+                  f"vs bare {_f(p['bare_cpu_excl_imports'])} s. Keeping FP32 artifacts, with "
+                  f"reuse + table check + one static export + verify once: "
+                  f"{_f(p['keep_fp32']['cpu'])} s, "
+                  f"**{p['keep_fp32']['ratio']:.2f}x**; FP32 on request + table check + one "
+                  f"static export + verify once: {_f(p['fp32_on_request']['cpu'])} s against "
+                  "the bare "
+                  f"steps without their FP32 TFLite ({_f(p['bare_int8_only_cpu_excl_imports'])}"
+                  f" s): **{p['fp32_on_request']['ratio']:.2f}x** (before any distillation "
+                  "budget).", ""]
     failed = [r for r in doc["runs"] if r["error"]]
     if failed:
         lines += ["## Failed runs", ""] + [f"- {r['model']} {r['side']} {r['tag']}: {r['error']}"
