@@ -40,6 +40,7 @@ OUT = Path(__file__).resolve().parent / "results"
 GRID = [(4, 20), (8, 20), (16, 20), (32, 20), (16, 50)]
 CHECKPOINTS = [0, 5, 10, 15, 20, 30, 40, 50, 75, 100]
 SETTLE = [(0.05, 5), (0.02, 5)]
+BATCHES = [4, 8, 16, 32]  # quality of the ranges against n, at 50 steps
 
 
 def c16_steerable():
@@ -216,6 +217,14 @@ def trajectory(name: str, plain, folded, shape, input_range, probes) -> dict:
                      "top1_agreement": fid["top1_agreement"],
                      "scale_change_vs_50_max": float(rel.max()),
                      "scale_change_vs_50_median": float(np.median(rel))})
+    by_n = []
+    for n in BATCHES:
+        c0 = time.process_time()
+        x = x50 if n == 16 else distill_inputs(plain, shape, input_range, n=n, steps=50)
+        cpu = time.process_time() - c0 if n != 16 else stamps[50]
+        _, fid = evaluate(x)
+        by_n.append({"n": n, "cpu_s": cpu, "sqnr_db": fid["sqnr_db"],
+                     "top1_agreement": fid["top1_agreement"]})
     settle = []
     for tol, window in SETTLE:
         sinfo: dict = {}
@@ -227,7 +236,7 @@ def trajectory(name: str, plain, folded, shape, input_range, probes) -> dict:
         settle.append({"tol": tol, "window": window, "steps": sinfo["steps"],
                        "cpu_s": cpu, "wall_s": sinfo["seconds"], "stopped_by": sinfo["stopped_by"],
                        "sqnr_db": fid["sqnr_db"], "top1_agreement": fid["top1_agreement"]})
-    return {"checkpoints": rows, "settle": settle,
+    return {"checkpoints": rows, "settle": settle, "by_n": by_n,
             "activation_bytes_per_input": info["activation_bytes_per_input"]}
 
 
@@ -254,6 +263,12 @@ def markdown(doc: dict) -> str:
                          f"{per:.1f} | {per / (r['conv_macs_per_input'] / 1e9):.1f} ms | "
                          f"{s['extra_rss'] / 1e6:.0f} | {s['peak_rss'] / 1e6:.0f} | "
                          f"{s['bn_loss_start']:.3g} -> {s['bn_loss_end']:.3g} |")
+        sc = [x for x in r["scaling"] if x["steps"] == r["scaling"][0]["steps"]]
+        slope = np.polyfit([x["n"] for x in sc], [x["extra_rss"] for x in sc], 1)
+        lines += ["", f"Peak RSS of the distillation over its start ~ {slope[1] / 1e6:.0f} MB + "
+                  f"{slope[0] / 1e6:.2f} MB x n (least squares over the {len(sc)} n's); the "
+                  f"graph's tensors take {r['activation_bytes_per_input'] / 1e6:.2f} MB per "
+                  "input."]
         t = r["trajectory"]
         lines += ["", "Trajectory (n=16): INT8 simulation vs FP32 on the probes with the "
                   "ranges of the inputs after k steps; activation scales vs the 50-step "
@@ -264,6 +279,11 @@ def markdown(doc: dict) -> str:
             lines.append(f"| {c['step']} | {c['cpu_s']:.1f} | {c['sqnr_db']:.2f} | "
                          f"{c['top1_agreement']:.3f} | {c['scale_change_vs_50_max']:.3f} / "
                          f"{c['scale_change_vs_50_median']:.3f} |")
+        lines += ["", "Ranges from n distilled inputs (50 steps), same probes:", "",
+                  "| n | CPU s | SQNR dB | top-1 vs FP32 |", "|---|---|---|---|"]
+        for b in t["by_n"]:
+            lines.append(f"| {b['n']} | {b['cpu_s']:.1f} | {b['sqnr_db']:.2f} | "
+                         f"{b['top1_agreement']:.3f} |")
         lines += ["", "Settle rule (stop when every BN input's and the output's min/max moved "
                   "by at most tol of its span over the last window steps):", "",
                   "| tol | window | steps run | CPU s | SQNR dB | top-1 vs FP32 |",
