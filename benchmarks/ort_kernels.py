@@ -10,7 +10,9 @@ on the same probes (held-out digits / seeded noise): probes whose output changes
 under every exact group element (``eqdeploy.harness.equivariance``), agreement between the
 two artifacts and with the torch INT8 simulation, the op types ORT runs after its QDQ
 fusions, and latency on 1 thread (intra and inter op), variants interleaved round by round.
-Every figure comes with the CPU's ISA features.
+Every figure comes with the CPU's ISA features. The same artifacts are then checked again
+(numpy + onnxruntime only) under ``qemu-x86_64-static -cpu Haswell``: an emulated CPU with
+AVX2 but no AVX-512/VNNI, where ORT takes its other u8s8 kernels (correctness, not speed).
 
     nice .venv/bin/python benchmarks/ort_kernels.py [--rounds 7] [--runs 200]
 
@@ -103,6 +105,8 @@ def measure(name: str, rounds: int, runs: int, tmp: Path) -> dict:
 
     q = quantized(name)
     spec, probes = q["plain"].spec, q["probes"]
+    np.save(tmp / f"{name}.probes.npy", probes)
+    (tmp / f"{name}.spec.json").write_text(spec.dumps())
     paths = {"fp32": tmp / f"{name}.fp32.onnx"}
     onnx_target.emit(q["plain"], paths["fp32"])
     result: dict = {"model": name, "group": spec.group.name, "ranges": q["ranges"],
@@ -132,6 +136,7 @@ def measure(name: str, rounds: int, runs: int, tmp: Path) -> dict:
             "probes_differing_from_simulation": int(
                 (np.abs(y - q["simulation"]).reshape(len(y), -1).max(1) > 0.5 * step).sum()),
             "output_step": step, "bytes": path.stat().st_size}
+    np.savez(tmp / f"{name}.outputs.npz", **{VARIANTS[k]: v for k, v in outs.items()})
     (a, ya), (b, yb) = outs.items()
     step = result["variants"][a]["output_step"]
     diff = np.abs(ya - yb).reshape(len(ya), -1)
@@ -151,6 +156,51 @@ def measure(name: str, rounds: int, runs: int, tmp: Path) -> dict:
     result["s8_over_u8_p50"] = s8 / u8
     result["s8_over_u8_min"] = lat[list(VARIANTS)[1]]["min_ms"] / lat[list(VARIANTS)[0]]["min_ms"]
     return result
+
+
+def check(folder: Path, models: list[str]) -> dict:
+    """Changed counts and s8/u8u8 agreement of the saved artifacts (numpy + onnxruntime
+    only: runs under an emulated CPU), with the ISA numpy's CPUID probe sees."""
+    from numpy._core._multiarray_umath import __cpu_features__ as cpu
+
+    from eqdeploy.harness.equivariance import equivariance_table
+    from eqdeploy.harness.runtime import open_artifact
+    from eqdeploy.spec import SymmetrySpec
+
+    out = {"cpu_features": {k: bool(cpu.get(k)) for k in
+                            ("AVX2", "AVX512F", "AVX512VNNI", "AVX512_ICL")}, "models": {}}
+    for name in models:
+        spec = SymmetrySpec.loads((folder / f"{name}.spec.json").read_text())
+        probes = np.load(folder / f"{name}.probes.npy")
+        ys, res = {}, {}
+        for label, wtype in VARIANTS.items():
+            f = open_artifact(folder / f"{name}.{wtype}.onnx", threads=1).run
+            ys[label] = y = f(probes)
+            rows = equivariance_table(f, spec, probes, f_probes=y)
+            res[label] = {"changed": {r["element"]: r["changed"] for r in rows},
+                          "changed_max": max(r["changed"] for r in rows)}
+        (a, ya), (b, yb) = ys.items()
+        diff = np.abs(ya - yb).reshape(len(ya), -1)
+        native = np.load(folder / f"{name}.outputs.npz")
+        res["probes_differing_s8_u8"] = int((diff.max(1) > 0).sum())
+        res["probes_differing_from_native"] = {
+            k: int((np.abs(ys[k] - native[VARIANTS[k]]).reshape(len(ya), -1).max(1) > 0).sum())
+            for k in VARIANTS}
+        out["models"][name] = res
+    return out
+
+
+def emulated(qemu: str, cpu: str, folder: Path, models: list[str]) -> dict:
+    import subprocess
+
+    result = folder / "emulated.json"
+    cmd = [qemu, "-cpu", cpu, sys.executable, __file__, "--check", str(folder), str(result),
+           ",".join(models)]
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if proc.returncode != 0:
+        raise SystemExit(f"emulated check failed: {proc.stderr[-800:]}")
+    return {"emulator": f"{Path(qemu).name} -cpu {cpu}", **json.loads(result.read_text())}
 
 
 def _output_name(pm) -> str:
@@ -195,6 +245,19 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {r['model']} | {r['s8_over_u8_p50']:.3f}x, {r['s8_over_u8_min']:.3f}x | "
                      f"{a['probes_differing']}/{r['probes']} | {a['outputs_differing']}/"
                      f"{a['outputs']} | {a['max_steps']:.2f} | {a['top1_agreement']:.3f} |")
+    emu = doc.get("emulated")
+    if emu:
+        feats = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in emu["cpu_features"].items())
+        lines += ["", f"The same artifacts and probes on an emulated CPU without AVX-512 "
+                  f"(`{emu['emulator']}`; CPUID as numpy sees it: {feats}; correctness only, "
+                  "no timing):", "",
+                  "| model | u8u8 changed | s8 changed | probes where s8 and u8u8 differ | "
+                  "probes differing from the native run (u8u8, s8) |", "|---|---|---|---|---|"]
+        for name, v in emu["models"].items():
+            nat = v["probes_differing_from_native"]
+            lines.append(f"| {name} | {v[u8]['changed_max']}/{_probes(doc, name)} | "
+                         f"{v[s8]['changed_max']}/{_probes(doc, name)} | "
+                         f"{v['probes_differing_s8_u8']} | {nat[u8]}, {nat[s8]} |")
     lines += ["", "Per-element changed counts: " + "; ".join(
         f"{r['model']} " + ", ".join(f"{k.split(' ')[0]} {v['changed']}"
                                      for k, v in r["variants"].items())
@@ -202,12 +265,23 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def _probes(doc: dict, name: str) -> int:
+    return next(r["probes"] for r in doc["results"] if r["model"] == name)
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--check":  # the emulated half (numpy + ORT)
+        folder, result, models = Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4].split(",")
+        result.write_text(json.dumps(check(folder, models)))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--emulate", default="/usr/bin/qemu-x86_64-static:Haswell",
+                    help="QEMU:CPU to re-run the changed counts on an emulated CPU without "
+                         "AVX-512/VNNI ('' to skip)")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import onnxruntime as ort
@@ -227,12 +301,19 @@ def main() -> None:
                                           for k, v in r["variants"].items())
                   + f", differing probes {r['agreement']['probes_differing']} "
                   f"({time.perf_counter() - t:.0f} s)", flush=True)
+        emu = None
+        if args.emulate:
+            qemu, _, cpu = args.emulate.partition(":")
+            emu = emulated(qemu, cpu, Path(tmp), [r["model"] for r in results])
+            print(f"emulated ({emu['emulator']}, {emu['cpu_features']}): " + ", ".join(
+                f"{m} " + "/".join(str(v[k]["changed_max"]) for k in VARIANTS)
+                for m, v in emu["models"].items()), flush=True)
     doc = {"schema": "eqdeploy.bench.ort_kernels", "version": 1,
            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
            "command": "nice python benchmarks/ort_kernels.py " + " ".join(sys.argv[1:]),
            "machine": system_info(), "onnxruntime": ort.__version__,
            "load_average": [load0, os.getloadavg()[0]], "rounds": args.rounds,
-           "runs": args.runs, "results": results}
+           "runs": args.runs, "results": results, "emulated": emu}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ort_kernels.json").write_text(json.dumps(doc, indent=1))
