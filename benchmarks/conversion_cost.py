@@ -306,6 +306,9 @@ def proposals(s: dict) -> dict:
          "other rows' tables",
          (_item(it, "all equivariance_table calls (every verify row)") - sim_rows)
          * (1 + s["exact_elements"]) / (1 + 2 * s["exact_elements"])),
+        ("exit", "`os._exit` once the report is written and stdout flushed (skips the "
+         "interpreter's teardown of torch/jax/litert; not in the projections below: the bare "
+         "process pays it too)", s["sides"]["eqdeploy"]["exit_cpu"]["median"]),
         ("distill", "distillation budget (stop when ranges settle; see distill_scaling.md)",
          _item(it, "ranges: distillation (distill_inputs)")),
     ]
@@ -346,11 +349,15 @@ def summarize(runs: list[dict], models: list[str]) -> dict:
         if not eq or not bare:
             out[name] = {"error": "no successful run on one side: nothing compared"}
             continue
+        for r in eq + bare:  # interpreter start before the probe, exit after it
+            r["exit_cpu"] = r["cpu"] - sum(x["cpu"] for x in r["segments"])
+            r["exit_wall"] = r["wall"] - r["startup_wall"] - sum(x["wall"] for x in r["segments"])
         sides = {}
         for side, rs in (("eqdeploy", eq), ("bare", bare)):
             sides[side] = {k: _stat([r[k] for r in rs]) for k in
                            ("wall", "cpu", "cpu_excl_imports", "wall_excl_imports",
-                            "import_cpu", "import_wall", "maxrss_bytes", "startup_wall")}
+                            "import_cpu", "import_wall", "maxrss_bytes", "startup_wall",
+                            "exit_cpu", "exit_wall")}
         ratios = {k: {"min": sides["eqdeploy"][k]["min"] / sides["bare"][k]["min"],
                       "median": sides["eqdeploy"][k]["median"] / sides["bare"][k]["median"]}
                   for k in ("wall", "cpu", "cpu_excl_imports", "wall_excl_imports",
@@ -411,7 +418,9 @@ def markdown(doc: dict) -> str:
                   "| seconds (min / median) | eqdeploy | bare | ratio (min / median) |",
                   "|---|---|---|---|"]
         for k, label in (("cpu", "CPU"), ("cpu_excl_imports", "CPU, imports excluded"),
-                         ("import_cpu", "CPU in imports"), ("wall", "wall"),
+                         ("import_cpu", "CPU in imports"),
+                         ("exit_cpu", "CPU outside the probe (mostly interpreter exit)"),
+                         ("wall", "wall"),
                          ("wall_excl_imports", "wall, imports excluded")):
             ratio = (f"**{ra[k]['min']:.2f}x / {ra[k]['median']:.2f}x**" if k in ra else "")
             lines.append(f"| {label} | {_f(e[k]['min'])} / {_f(e[k]['median'])} | "
