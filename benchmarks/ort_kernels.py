@@ -258,7 +258,7 @@ def markdown(doc: dict) -> str:
             lines.append(f"| {name} | {v[u8]['changed_max']}/{_probes(doc, name)} | "
                          f"{v[s8]['changed_max']}/{_probes(doc, name)} | "
                          f"{v['probes_differing_s8_u8']} | {nat[u8]}, {nat[s8]} |")
-    lines += ["", "Per-element changed counts: " + "; ".join(
+    lines += ["", "Per-element changed counts (native): " + "; ".join(
         f"{r['model']} " + ", ".join(f"{k.split(' ')[0]} {v['changed']}"
                                      for k, v in r["variants"].items())
         for r in doc["results"]), ""]
