@@ -108,17 +108,20 @@ class ModelDef:
     group: str | None  # for plain-torch models: ``--group`` (layouts discovered)
     framework: str  # "e2cnn" | "torch" | "escnn"
     symmetry: str  # the group the model is built for (C1 = none)
+    # convert with --allow-misaligned: C1 has no rotations to keep exact, and the rot-stack
+    # net's pools never see a rotated feature map (its copies are permuted, not rotated)
+    allow_misaligned: bool = False
 
 
 MODELS: dict[str, ModelDef] = {m.key: m for m in [
-    ModelDef("plain_cnn", "plain CNN", lambda: PlainCNN(width=10), "C1", "torch", "C1"),
+    ModelDef("plain_cnn", "plain CNN", lambda: PlainCNN(width=10), "C1", "torch", "C1", True),
     ModelDef("rotstack_c4", "rot90-stack C4", lambda: plain_groupconv.RotStackC4(width=10),
-             "C4", "torch", "C4"),
+             "C4", "torch", "C4", True),
     ModelDef("e2cnn_c4", "e2cnn C4 CNN", lambda: reference.C4CNN(width=6), None, "e2cnn", "C4"),
     ModelDef("e2cnn_c8", "e2cnn C8 residual CNN", lambda: reference.C8Residual(width=6), None,
              "e2cnn", "C8"),
     ModelDef("mnv2_plain", "MobileNetV2 (conventional)", lambda: mobilenet.MobileNetV2(), "C1",
-             "torch", "C1"),
+             "torch", "C1", True),
     ModelDef("mnv2_c4", "Eq-MobileNetV2 C4", lambda: mobilenet.EqMobileNetV2("C4"), None,
              "e2cnn", "C4"),
     ModelDef("mnv2_c8", "Eq-MobileNetV2 C8", lambda: mobilenet.EqMobileNetV2("C8"), None,

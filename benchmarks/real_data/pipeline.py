@@ -113,6 +113,7 @@ def eqdeploy_convert(model_file: Path, mdef: ModelDef, outdir: Path, size: int,
     """One ``convert(..., int8=True)`` (writes INT8 and FP32 artifacts), timed per stage."""
     opts = ConvertOptions(targets=targets, outdir=outdir, input_shape=(1, channels, size, size),
                           group=mdef.group, int8=True, calibration=calibration,
+                          allow_misaligned=mdef.allow_misaligned,
                           input_norm=([norm[0]] * channels, [norm[1]] * channels),
                           probes=probes)
     opts = dataclasses.replace(opts, **overrides)

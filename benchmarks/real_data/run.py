@@ -20,7 +20,7 @@ from eqdeploy.harness.runtime import open_artifact
 from eqdeploy.harness.sysinfo import system_info
 
 from . import cost
-from .data import Dataset, TestSets, load_fashion_mnist, load_mnist, test_sets
+from .data import FASHION_DIR, Dataset, TestSets, load_fashion_mnist, load_mnist, test_sets
 from .evaluate import evaluate, runner_predictor, torch_predictor
 from .latency import interleaved
 from .models import MODELS, ModelDef, escnn_resnet18, plain_c4_twin, stock_export
@@ -37,6 +37,7 @@ class Config:
     """What to run; ``FULL`` is the published configuration, ``SMOKE`` the test's."""
 
     size: int = 33
+    fashion_dir: Path = FASHION_DIR  # the IDX files of Debian's dataset-fashion-mnist
     fashion_train: int | None = 12000
     test_n: int | None = None  # None: the full 10,000 Fashion-MNIST test images
     mnist: bool = True
@@ -127,7 +128,7 @@ class Bench:
     # -- data ---------------------------------------------------------------------------------
     def load(self) -> None:
         cfg = self.cfg
-        fm = load_fashion_mnist(cfg.size, cfg.fashion_train)
+        fm = load_fashion_mnist(cfg.size, cfg.fashion_train, cfg.fashion_dir)
         self.datasets[fm.name] = fm
         if cfg.mnist:
             mn = load_mnist(cfg.size, cfg.mnist_test)
