@@ -316,9 +316,28 @@ def table6(res: dict) -> list[str]:
                "CPUs."), ""]
 
 
-def markdown(res: dict, smoke: bool = False) -> str:
+def earlier(results_dir: Path) -> list[str]:
+    """The per-topic result files beside this one: title, machine line, what they cover."""
+    files = sorted(p for p in results_dir.glob("*.md") if not p.name.startswith("real_data"))
+    if not files:
+        return []
+    lines = ["## Per-topic results (earlier runs, other scripts)", "",
+             "Measured on random inputs or the 512 bundled MNIST digits, by their own scripts "
+             "(`benchmarks/<name>.py`), on the machine each names; regenerate them after the "
+             "pipeline changes. The tables above supersede them for accuracy on real data.", ""]
+    for f in files:
+        text = f.read_text().splitlines()
+        title = next((t.lstrip("# ") for t in text if t.startswith("# ")), f.stem)
+        mach = next((t for t in text if t.startswith(("Machine:", "Per-tensor INT8"))), "")
+        mach = mach.split(";")[0].split(". ")[0] if mach.startswith("Machine") else ""
+        lines.append(f"- [{f.name}](results/{f.name}): {title}" + (f" ({mach})" if mach else ""))
+    return [*lines, ""]
+
+
+def markdown(res: dict, smoke: bool = False, results_dir: Path | None = None) -> str:
     parts = [header(res, smoke), headline(res), table1(res), table2(res), table3(res),
-             table4(res), table5(res), table6(res), figures_md(res)]
+             table4(res), table5(res), table6(res), figures_md(res),
+             earlier(results_dir) if results_dir and not smoke else []]
     return "\n".join(line for p in parts for line in p).rstrip() + "\n"
 
 
@@ -411,7 +430,7 @@ def write_all(res: dict, out: Path, smoke: bool = False) -> dict[str, Path]:
     results_dir.mkdir(parents=True, exist_ok=True)
     res["figures"] = figures(res, results_dir)
     md = out / "RESULTS.md"
-    md.write_text(markdown(res, smoke))
+    md.write_text(markdown(res, smoke, results_dir))
     js = results_dir / "real_data.json"
     js.write_text(json.dumps(res, indent=1, default=str))
     return {"markdown": md, "json": js, **{f: results_dir / f for f in res["figures"]}}
