@@ -126,30 +126,51 @@ def eqdeploy_convert(model_file: Path, mdef: ModelDef, outdir: Path, size: int,
                       round(time.process_time() - c, 2), meter.stages, meter.baseline_rss_mb)
 
 
+def one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {(text[0] if text else '')[:240]}"
+
+
+def _timed(out: dict, name: str, make) -> Path | None:
+    """``out[name]`` = the artifact ``make()`` wrote and its seconds, or the one-line error."""
+    t = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            path = make()
+    except Exception as e:  # noqa: BLE001 - a stock converter failing is a result
+        out[name] = {"error": one_line(e), "seconds": round(time.perf_counter() - t, 2)}
+        return None
+    out[name] = {"path": path, "seconds": round(time.perf_counter() - t, 2)}
+    return path
+
+
 def stock_paths(module: torch.nn.Module, example: torch.Tensor, calib: np.ndarray,
                 outdir: Path) -> dict[str, dict]:
     """FP32 and stock INT8 artifacts of a plain-torch ``module`` (e2cnn: ``stock_export``):
-    ``torch.onnx`` -> ORT ``quantize_static`` defaults; litert-torch FP32 and stock PT2E."""
+    ``torch.onnx`` -> ORT ``quantize_static`` defaults; litert-torch FP32 and stock PT2E.
+    A path that fails is recorded with its error, not raised."""
     import litert_torch
 
     outdir.mkdir(parents=True, exist_ok=True)
     module = module.eval()
     out: dict[str, dict] = {}
-    t = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        fp32 = outdir / "stock.fp32.onnx"
-        torch.onnx.export(module, (example,), str(fp32), dynamo=True, external_data=False)
-    out["stock ORT FP32"] = {"path": fp32, "seconds": round(time.perf_counter() - t, 2)}
-    t = time.perf_counter()
-    q = stock_ort(fp32, calib, outdir / "stock.int8.onnx")
-    out["stock ORT quantize_static"] = {"path": q, "seconds": round(time.perf_counter() - t, 2)}
-    t = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        f32 = outdir / "stock.fp32.tflite"
-        litert_torch.convert(module, (example,)).export(str(f32))
-    out["stock LiteRT FP32"] = {"path": f32, "seconds": round(time.perf_counter() - t, 2)}
-    t = time.perf_counter()
-    graph = torch.export.export(module, (example,)).module()
-    tq = stock_litert_module(graph, example, calib, outdir / "stock.int8.tflite")
-    out["stock litert-torch PT2E"] = {"path": tq, "seconds": round(time.perf_counter() - t, 2)}
+
+    def onnx_fp32() -> Path:
+        path = outdir / "stock.fp32.onnx"
+        torch.onnx.export(module, (example,), str(path), dynamo=True, external_data=False)
+        return path
+
+    def tflite_fp32() -> Path:
+        path = outdir / "stock.fp32.tflite"
+        litert_torch.convert(module, (example,)).export(str(path))
+        return path
+
+    fp32 = _timed(out, "stock ORT FP32", onnx_fp32)
+    if fp32 is not None:
+        _timed(out, "stock ORT quantize_static",
+               lambda: stock_ort(fp32, calib, outdir / "stock.int8.onnx"))
+    _timed(out, "stock LiteRT FP32", tflite_fp32)
+    _timed(out, "stock litert-torch PT2E", lambda: stock_litert_module(
+        torch.export.export(module, (example,)).module(), example, calib,
+        outdir / "stock.int8.tflite"))
     return out

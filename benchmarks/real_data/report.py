@@ -38,6 +38,13 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows), ""]
 
 
+def _failed(r: dict, lead: list[str], width: int) -> list[str] | None:
+    """A table row for a path that failed: its error in the first metric column."""
+    if "error" not in r:
+        return None
+    return [*lead, f"failed: {r['error']}", *["-"] * (width - len(lead) - 1)]
+
+
 def _flips(r: dict) -> str:
     return f"{r['flips_rot90']} ({100 * r['flips_rot90'] / r['n']:.2f}%)"
 
@@ -109,8 +116,10 @@ def headline(res: dict) -> list[str]:
                                                                  "ai-edge-litert")
         s = _one(res, ds, key, "stock ORT quantize_static", "onnxruntime")
         p = _one(res, ds, key, "stock litert-torch PT2E", "ai-edge-litert")
-        if not (f and o and t):
+        if not (f and o and t) or "error" in o or "error" in t:
             continue
+        s = None if s is None or "error" in s else s
+        p = None if p is None or "error" in p else p
         text = (f"- **{f['label']}** on Fashion-MNIST ({f['n']:,} test images): FP32 "
                 f"{_pct(f['acc_upright'])}% -> eqdeploy INT8 {_pct(o['acc_upright'])}% (ORT) / "
                 f"{_pct(t['acc_upright'])}% (LiteRT); under 90° rotations "
@@ -140,6 +149,11 @@ def table1(res: dict) -> list[str]:
                 r = _one(res, ds, key, variant, rt)
                 if r is None:
                     continue
+                prec = "FP32" if variant == "FP32" else f"INT8 {RT[rt]}"
+                bad = _failed(r, [r["label"], f"{params:,}", prec], 8)
+                if bad:
+                    rows.append(bad)
+                    continue
                 rows.append([r["label"], f"{params:,}",
                              "FP32" if variant == "FP32" else f"INT8 {RT[rt]}",
                              _pct(r["acc_upright"]), _pct(r["acc_rot90"]),
@@ -165,6 +179,10 @@ def table2(res: dict) -> list[str]:
                 cand.append((r["variant"].removeprefix("eqdeploy INT8 "), r["runtime"], r))
         for scheme, rt, r in cand:
             if r is None:
+                continue
+            bad = _failed(r, [r["label"], scheme, RT[rt]], 11)
+            if bad:
+                rows.append(bad)
                 continue
             delta = 100 * (r["acc_upright"] - f["acc_upright"])
             rows.append([r["label"], scheme, RT[rt], _pct(r["acc_upright"]),
@@ -197,6 +215,10 @@ def table3(res: dict) -> list[str]:
             if r is None:
                 continue
             name = variant if not variant.startswith("eqdeploy") else "eqdeploy INT8"
+            bad = _failed(r, [r["label"], name, RT[rt]], 9)
+            if bad:
+                rows.append(bad)
+                continue
             rows.append([r["label"], name, RT[rt], _pct(r["acc_upright"]), _pct(r["acc_rot90"]),
                          _flips(r), "-" if variant == "FP32" else str(r["changed_rot90"]),
                          "-" if variant == "FP32" else _pct(r.get("top1_vs_fp32")),
@@ -221,6 +243,8 @@ def table4(res: dict) -> list[str]:
         f = _one(res, ds, key, "FP32", "torch")
         o = _one(res, ds, key, DEFAULT, "onnxruntime")
         t = _one(res, ds, key, DEFAULT, "ai-edge-litert")
+        o = None if o is None or "error" in o else o
+        t = None if t is None or "error" in t else t
         rows.append([f["label"], f"{c['trainable_params']:,}", f"{c['expanded_params']:,}",
                      f"{c['macs']:,}", _pct(f["acc_upright"]), _pct(o and o["acc_upright"]),
                      _pct(t and t["acc_upright"]), _pct(f["acc_angle"]),
@@ -244,6 +268,10 @@ def table5(res: dict) -> list[str]:
     for name, m in res["models"].items():
         conv = (m.get("conversions") or {}).get("per-channel (default)")
         if conv is None:
+            continue
+        if "error" in conv:
+            rows.append([f"{m['label']} ({name.split('/')[0]})", f"failed: {conv['error']}",
+                         *["-"] * 12])
             continue
         c = m["cost"]
         arts = conv["artifacts"]
@@ -367,6 +395,7 @@ def figures(res: dict, out: Path) -> list[str]:
                                                     (DEFAULT, "onnxruntime", "INT8 ORT"),
                                                     (DEFAULT, "ai-edge-litert", "INT8 LiteRT"))):
                 vals = [100 * (_one(res, ds, k, variant, rt) or {}).get(metric, 0) for k in keys]
+                vals = [v if v == v else 0 for v in vals]
                 ax.bar([i + 0.27 * (j - 1) for i in range(len(keys))], vals, 0.27, label=lab)
             ax.set_xticks(range(len(keys)), [MODEL_SHORT.get(k, k) for k in keys], fontsize=8)
             ax.set_title(f"Fashion-MNIST, {title}")
@@ -384,7 +413,8 @@ def figures(res: dict, out: Path) -> list[str]:
             for k in keys2:
                 f = _one(res, ds, k, "FP32", "torch")
                 r = _one(res, ds, k, f"eqdeploy INT8 {s}", "ai-edge-litert")
-                vals.append(100 * (r["acc_upright"] - f["acc_upright"]) if r else 0)
+                ok = r is not None and "error" not in r
+                vals.append(100 * (r["acc_upright"] - f["acc_upright"]) if ok else 0)
             w = 0.8 / len(schemes)
             ax.bar([i + w * (j - (len(schemes) - 1) / 2) for i in range(len(keys2))], vals, w,
                    label=s)

@@ -24,7 +24,7 @@ from .data import FASHION_DIR, Dataset, TestSets, load_fashion_mnist, load_mnist
 from .evaluate import evaluate, runner_predictor, torch_predictor
 from .latency import interleaved
 from .models import MODELS, ModelDef, escnn_resnet18, plain_c4_twin, stock_export
-from .pipeline import SCHEMES, Conversion, eqdeploy_convert, save_model, stock_paths
+from .pipeline import SCHEMES, Conversion, eqdeploy_convert, one_line, save_model, stock_paths
 from .train import Schedule, trained
 
 RUNTIME = {"onnx": "onnxruntime", "tflite": "ai-edge-litert"}
@@ -183,7 +183,8 @@ class Bench:
             program = torch.export.export(model.eval(), (example,))
         return {"trainable_params": cost.trainable_params(model), **cost.graph_cost(program)}
 
-    def convert(self, ds_name: str, key: str, scheme: str, targets: list[str]) -> Conversion:
+    def convert(self, ds_name: str, key: str, scheme: str,
+                targets: list[str]) -> Conversion | None:
         ck = (ds_name, key, scheme)
         if ck in self.conversions:
             return self.conversions[ck]
@@ -191,8 +192,16 @@ class Bench:
         cal, _ = self.calibration(self.datasets[ds_name])
         ds = self.datasets[ds_name]
         outdir = path.parent / scheme.replace(" ", "_").replace("(", "").replace(")", "")
-        conv = eqdeploy_convert(path, MODELS[key], outdir, self.cfg.size, (ds.mean, ds.std),
-                                cal, targets, self.cfg.probes, **SCHEMES[scheme])
+        try:
+            conv = eqdeploy_convert(path, MODELS[key], outdir, self.cfg.size,
+                                    (ds.mean, ds.std), cal, targets, self.cfg.probes,
+                                    **SCHEMES[scheme])
+        except Exception as e:  # noqa: BLE001 - a failed conversion is a result of the table
+            self.echo(f"  {ds_name}/{key}: eqdeploy INT8 {scheme} FAILED: {one_line(e)}")
+            self.results["models"][f"{ds_name}/{key}"].setdefault("conversions", {})[
+                scheme] = {"error": one_line(e)}
+            self.conversions[ck] = None
+            return None
         self.conversions[ck] = conv
         self.results["models"][f"{ds_name}/{key}"].setdefault("conversions", {})[scheme] = \
             _conversion_summary(conv)
@@ -204,6 +213,12 @@ class Bench:
         conv = self.convert(ds_name, key, scheme, list(targets))
         _, ref = self.model(ds_name, key)
         mdef = MODELS[key]
+        if conv is None:
+            err = self.results["models"][f"{ds_name}/{key}"]["conversions"][scheme]["error"]
+            for t in targets:
+                self.results["rows"].append(_row(ds_name, mdef, f"eqdeploy INT8 {scheme}",
+                                                 RUNTIME[t], {"error": err}, scheme=scheme))
+            return
         res = _eval_artifacts({t: conv.artifact(t) for t in targets}, self.tests[ds_name], ref)
         for t, m in res.items():
             self.results["rows"].append(_row(ds_name, mdef, f"eqdeploy INT8 {scheme}",
@@ -218,11 +233,13 @@ class Bench:
         _, cal = self.calibration(self.datasets[ds_name])
         example = torch.from_numpy(cal[:1])
         arts = stock_paths(module, example, cal, path.parent / "stock")
-        res = _eval_artifacts({k: v["path"] for k, v in arts.items()}, self.tests[ds_name], ref)
-        for k, m in res.items():
+        res = _eval_artifacts({k: v["path"] for k, v in arts.items() if "path" in v},
+                              self.tests[ds_name], ref)
+        for k, a in arts.items():
             runtime = "onnxruntime" if "ORT" in k else "ai-edge-litert"
+            m = res.get(k) or {"error": a["error"]}
             self.results["rows"].append(_row(ds_name, mdef, k, runtime, m,
-                                             convert_seconds=arts[k]["seconds"]))
+                                             convert_seconds=a["seconds"]))
         self.echo(f"  {ds_name}/{key}: stock paths done")
 
     # -- tables -------------------------------------------------------------------------------
@@ -272,6 +289,9 @@ class Bench:
             return
         path, _ = self.model("fashion_mnist", key)
         conv = self.convert("fashion_mnist", key, "per-channel (default)", ["onnx", "tflite"])
+        if conv is None:
+            self.results["notes"].append(f"latency skipped: the conversion of {key} failed")
+            return
         model = _fresh(path)
         twin = plain_c4_twin(_fresh(path))
         x = torch.from_numpy(self.tests["fashion_mnist"].upright[:1])
@@ -281,16 +301,18 @@ class Bench:
 
         exported = export_equivariant(model, x).module()
         _, cal = self.calibration(self.datasets["fashion_mnist"])
-        stock = stock_paths(twin, x, cal, path.parent / "twin_stock")
+        stock = {k: v.get("path") for k, v in
+                 stock_paths(twin, x, cal, path.parent / "twin_stock").items()}
         arts = {"eqdeploy ORT FP32": conv.artifact("onnx", True),
                 "eqdeploy ORT INT8": conv.artifact("onnx"),
                 "eqdeploy LiteRT FP32": conv.artifact("tflite", True),
                 "eqdeploy LiteRT INT8": conv.artifact("tflite"),
-                "plain twin ORT FP32 (stock)": stock["stock ORT FP32"]["path"],
+                "plain twin ORT FP32 (stock)": stock.get("stock ORT FP32"),
                 "plain twin ORT INT8 (stock quantize_static)":
-                    stock["stock ORT quantize_static"]["path"],
-                "plain twin LiteRT FP32 (stock)": stock["stock LiteRT FP32"]["path"],
-                "plain twin LiteRT INT8 (stock PT2E)": stock["stock litert-torch PT2E"]["path"]}
+                    stock.get("stock ORT quantize_static"),
+                "plain twin LiteRT FP32 (stock)": stock.get("stock LiteRT FP32"),
+                "plain twin LiteRT INT8 (stock PT2E)": stock.get("stock litert-torch PT2E")}
+        arts = {k: p for k, p in arts.items() if p is not None}
         xn = x.numpy()
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
