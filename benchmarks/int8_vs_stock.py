@@ -44,11 +44,15 @@ MODELS = ["c4_cnn", "c8_residual", "d4_cnn"]
 
 
 def stock_ort(fp32_onnx: Path, calib: np.ndarray, out: Path) -> Path:
+    """``quantize_static`` with its defaults, calibrated on ``calib`` one input at a time."""
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    name = onnx.load(str(fp32_onnx), load_external_data=False).graph.input[0].name
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
+            self.it = iter([{name: calib[i:i + 1]} for i in range(len(calib))])
 
         def get_next(self):
             return next(self.it, None)
@@ -58,6 +62,13 @@ def stock_ort(fp32_onnx: Path, calib: np.ndarray, out: Path) -> Path:
 
 
 def stock_litert(plain, calib: np.ndarray, out: Path) -> Path:
+    return stock_litert_module(plain.static_program(1).module(), plain.example[:1], calib, out)
+
+
+def stock_litert_module(module: torch.nn.Module, example: torch.Tensor, calib: np.ndarray,
+                        out: Path) -> Path:
+    """litert-torch's stock PT2E INT8 (per-channel symmetric weights), calibrated on
+    ``calib``; ``module`` a ``torch.export``-ed graph module at batch 1."""
     import litert_torch
     from litert_torch.quantize.pt2e_quantizer import (
         PT2EQuantizer,
@@ -66,10 +77,9 @@ def stock_litert(plain, calib: np.ndarray, out: Path) -> Path:
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    example = plain.example[:1]
     q = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     with contextlib.redirect_stdout(io.StringIO()):
-        prepared = prepare_pt2e(plain.static_program(1).module(), q)
+        prepared = prepare_pt2e(module, q)
         for i in range(len(calib)):
             prepared(torch.from_numpy(calib[i:i + 1]))
         converted = convert_pt2e(prepared, fold_quantize=False)

@@ -1,0 +1,1 @@
+"""Helpers of ``benchmarks/real_data.py``: the source papers' tables on real labelled data."""
