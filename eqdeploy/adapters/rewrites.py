@@ -228,6 +228,8 @@ def _on_conv_output(c: torch.Tensor, out: fx.Node, chain: list[fx.Node]) -> torc
         return None
     for view in chain:
         src = shape_of(view.args[0])
+        if src is None or any(not isinstance(d, int) for d in src[1:]):
+            return None  # the batch moved off axis 0 on the way: not a per-channel constant
         if view.target == aten.permute.default:
             perm = [int(p) % len(src) for p in view.args[1]]
             full = full.permute(sorted(range(len(perm)), key=perm.__getitem__))

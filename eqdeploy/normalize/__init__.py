@@ -39,7 +39,7 @@ def rewrite_table() -> list[tuple[str, str]]:
     """(name, what it rewrites) for every normalization step, in order."""
     return [("functionalize", "in-place ops (add_, relu_, +=, inplace=True) -> functional ops"),
             ("constants", "input-independent ops -> constant parameters"),
-            *[(name, what) for name, _, what in REWRITES]]
+            *[(name, what) for name, _, what, _ in REWRITES]]
 
 
 def _export(gm: fx.GraphModule, example: torch.Tensor) -> torch.export.ExportedProgram:
@@ -47,6 +47,17 @@ def _export(gm: fx.GraphModule, example: torch.Tensor) -> torch.export.ExportedP
     traced = example.repeat(2, 1, 1, 1)[: max(2, example.shape[0])]
     with contextlib.redirect_stdout(io.StringIO()):
         return torch.export.export(gm, (traced,), dynamic_shapes=({0: batch},))
+
+
+def _reexport(gm: fx.GraphModule, example: torch.Tensor) -> torch.export.ExportedProgram:
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    try:
+        return _export(gm, example)
+    except Exception as e:  # noqa: BLE001 - torch.export raises many types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise EqdeployError(f"the normalized graph does not export again ({first[:200]})",
+                            "report this model to eqdeploy") from e
 
 
 def normalize_program(program: torch.export.ExportedProgram, example: torch.Tensor
@@ -65,18 +76,14 @@ def normalize_program(program: torch.export.ExportedProgram, example: torch.Tens
     folded = fold_constants(gm)
     if folded:
         counts["constants"] = len(folded)
-    for name, rewrite, _ in REWRITES:
+    for name, rewrite, _, refresh in REWRITES:
         changed = rewrite(gm)
         if changed:
             counts[name] = changed
-    gm.graph.eliminate_dead_code()
-    gm.recompile()
-    try:
-        new = _export(gm, example)
-    except Exception as e:  # noqa: BLE001 - torch.export raises many types
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise EqdeployError(f"the normalized graph does not export again ({first[:200]})",
-                            "report this model to eqdeploy") from e
+            if refresh:
+                gm = _reexport(gm, example).module()
+                drop_guards(gm)
+    new = _reexport(gm, example)
     counts["nodes"] = before - sum(1 for n in new.graph.nodes if n.op == "call_function")
     return new, counts
 

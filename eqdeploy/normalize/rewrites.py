@@ -12,10 +12,11 @@ import operator
 from collections.abc import Callable
 
 import torch
-from torch import fx
+from torch import fx, nn
 
 from eqdeploy.adapters.rewrites import fold_bias_adds
 from eqdeploy.errors import EqdeployError
+from eqdeploy.fx_attrs import attr_tensor
 from eqdeploy.normalize.source import where
 
 aten = torch.ops.aten
@@ -292,6 +293,49 @@ def canonical_shapes(gm: fx.GraphModule) -> int:
     return changed
 
 
+# --- batch norm over stacked group axes ----------------------------------------------------
+def batchnorm_to_4d(gm: fx.GraphModule) -> int:
+    """An eval ``batch_norm`` over ``(N, C, G..., H, W)`` (GrouPy-style BatchNorm3d, one
+    statistic per field) -> reshape to ``(N, C*G..., H, W)``, a 4D ``batch_norm`` with each
+    statistic repeated, reshape back: exact, and once the shape chains collapse, the conv
+    before it folds the BN like any other."""
+    changed = 0
+    for bn in list(gm.graph.nodes):
+        if bn.op != "call_function" or bn.target is not aten.batch_norm.default:
+            continue
+        shape, params = _shape(bn.args[0]), bn.args[1:5]
+        if shape is None or len(shape) <= 4 or bool(bn.args[5]) \
+                or any(not isinstance(s, int) for s in shape[1:]) \
+                or not all(p is None or attr_tensor(gm, p) is not None for p in params):
+            continue
+        copies = 1
+        for s in shape[2:-2]:
+            copies *= int(s)
+        new_params = []
+        for i, p in enumerate(params):
+            if p is None:
+                new_params.append(None)
+                continue
+            name = f"_bn4d_{bn.name}_{i}"
+            value = attr_tensor(gm, p).repeat_interleave(copies).contiguous()
+            gm.register_parameter(name, nn.Parameter(value, requires_grad=False))
+            with gm.graph.inserting_before(bn):
+                new_params.append(gm.graph.get_attr(name))
+        flat = [-1, int(shape[1]) * copies, int(shape[-2]), int(shape[-1])]
+        with gm.graph.inserting_before(bn):
+            x4 = gm.graph.call_function(aten.reshape.default, (bn.args[0], flat))
+            y4 = gm.graph.call_function(aten.batch_norm.default,
+                                        (x4, *new_params, *bn.args[5:]), dict(bn.kwargs))
+        back = _replace(gm, bn, aten.reshape.default,
+                        (y4, [-1, *(int(s) for s in shape[1:])]))
+        for n in (x4, y4):
+            n.meta = {k: v for k, v in bn.meta.items() if k != "val"}
+        gm.graph.erase_node(bn)
+        del back
+        changed += 1
+    return changed
+
+
 # --- activations the integer runtimes build from kernels they have ----------------------
 def decompose_activations(gm: fx.GraphModule) -> int:
     """``silu(x)`` -> ``x * sigmoid(x)``: integer runtimes have a LOGISTIC / QLinearSigmoid
@@ -311,16 +355,21 @@ def decompose_activations(gm: fx.GraphModule) -> int:
     return changed
 
 
-# the order normalize applies them in (after functionalization and constant folding)
-REWRITES: list[tuple[str, Callable[[fx.GraphModule], int], str]] = [
+# the order normalize applies them in (after functionalization and constant folding); a
+# rewrite marked ``True`` leaves new nodes without shape metadata, so the graph is traced
+# again (fresh ``meta["val"]``) before the next one
+REWRITES: list[tuple[str, Callable[[fx.GraphModule], int], str, bool]] = [
     ("tuple ops", reduce_tuple_ops, "max/min(dim) -> amax/amin, split/chunk/unbind -> slice, "
-     "adaptive_max_pool2d -> amax or max_pool2d, functional batch norm -> batch_norm"),
-    ("global pools", global_pools, "adaptive_avg_pool2d(1) -> mean over H, W"),
-    ("no-ops", drop_noops, "clone, contiguous, eval dropout, same-shape reshape/expand, "
-     "identity permute/slice, x*1, x+0, one-input cat, same-dtype cast: removed"),
-    ("shape chains", canonical_shapes, "view/reshape/flatten/unflatten/squeeze/unsqueeze "
-     "chains -> one reshape; transpose -> permute; permute chains composed"),
-    ("activations", decompose_activations, "silu(x) -> x * sigmoid(x) (integer kernels)"),
+     "adaptive_max_pool2d -> amax or max_pool2d, functional batch norm -> batch_norm", False),
+    ("global pools", global_pools, "adaptive_avg_pool2d(1) -> mean over H, W", False),
     ("constant biases", fold_bias_adds, "conv (+ reshapes/permutes) + per-channel constant "
-     "-> the conv's bias"),
+     "-> the conv's bias", False),
+    ("field batch norms", batchnorm_to_4d, "batch_norm over (N, C, G, H, W) -> 4D batch_norm "
+     "with repeated statistics between reshapes", True),
+    ("shape chains", canonical_shapes, "view/reshape/flatten/unflatten/squeeze/unsqueeze "
+     "chains -> one reshape; transpose -> permute; permute chains composed", False),
+    ("no-ops", drop_noops, "clone, contiguous, eval dropout, same-shape reshape/expand, "
+     "identity permute/slice, x*1, x+0, one-input cat, same-dtype cast: removed", False),
+    ("activations", decompose_activations, "silu(x) -> x * sigmoid(x) (integer kernels)",
+     False),
 ]
