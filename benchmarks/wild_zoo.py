@@ -1,16 +1,18 @@
 """The wild zoo (issue 11): every zoo model saved as its users save it, converted with the CLI.
 
 For each model of ``eqdeploy.models.zoo.ZOO``: build it (seeded random weights, BatchNorm
-warmed on smooth images), save it the way its registry entry says (dill / pickle whole
-model, state dict + ``--arch``, TorchScript + ``--group``) and run, in a fresh process,
+warmed on its kind of images: MNIST digits or smooth noise), save it the way its registry
+entry says (dill / pickle whole model, state dict + ``--arch``, TorchScript + ``--group``)
+and run, in a fresh process,
 
     python -m eqdeploy.cli convert MODEL.pt <its flags> --int8 --target all ...
 
 (64 probes: MNIST test digits for 1x29x29 models, seeded noise otherwise). The INT8
 conversion also writes and verifies the FP32 artifacts. Per model and format: FP32 error vs
 the source; INT8 ONNX Runtime and LiteRT: probes whose integer output changed under every
-exact element, top-1 agreement with the FP32 source, fully integer or not (TFLite float32
-tensors; ORT float compute ops after its QDQ fusions), INT8/FP32 size, conversion seconds.
+exact element, top-1 agreement with the FP32 source, fully integer or not (TFLite ops
+with a float32 output; ORT float compute ops after its QDQ fusions), INT8/FP32 size,
+conversion seconds.
 A failing conversion is recorded with the first line of its error (and whether it was a
 traceback rather than eqdeploy's one-line error); then each target is converted to INT8
 alone (which target fails) and FP32 to both (the FP32 columns). Writes
@@ -102,7 +104,8 @@ def int8_columns(report: dict, name: str) -> dict:
         if row is None:
             continue
         if ext == "tflite":
-            floats = list(art.get("float_tensors") or [])
+            floats = list(art["float_ops"] if "float_ops" in art
+                          else art.get("float_tensors") or [])
         else:
             floats = list(art.get("float_compute_ops") or []) + sorted(
                 FLOAT_ACTIVATIONS & set(art.get("ort_ops") or []))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from types import SimpleNamespace
 
 import click
@@ -188,11 +187,9 @@ def convert(ctx, model, target, outdir, input_shape, arch, group, int8, per_tens
                       absorb_padded=absorb_padded)
     given = [f for f in INT8_ONLY if ctx.get_parameter_source(f[2:].replace("-", "_"))
              in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
-    start = time.perf_counter()
+    from eqdeploy.progress import Progress
 
-    def progress(msg: str) -> None:
-        click.echo(f"[{time.perf_counter() - start:6.1f}s] {msg}", err=True)
-
+    progress = Progress()  # stage lines on stderr; live (elapsed, sub-steps) on a terminal
     plan = preflight(model, SimpleNamespace(**kwargs, dfq=SimpleNamespace(**dfq_kwargs)), given)
     try:  # convert() checks again (API callers) and prints what the checks noted
         _quiet_converters()
@@ -204,8 +201,10 @@ def convert(ctx, model, target, outdir, input_shape, arch, group, int8, per_tens
         opts = ConvertOptions(**kwargs, dfq=DfqOptions(**dfq_kwargs))
         report = run_convert(model, opts, progress)
     except BaseException:
+        progress.close()
         plan.undo()
         raise
+    progress.close()
     int8 = report.get("quantization") is not None
     for v in report["verification"]:
         eq = v["equivariance"]

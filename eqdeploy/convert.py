@@ -163,7 +163,10 @@ def _quantize(plain: PlainModel, options: ConvertOptions, shape, probes, source_
         cal = load_calibration(options.calibration, shape, mean or [0.0], std or [1.0])
     elif distill:
         distilled = {}
-        cal = distill_inputs(plain, shape, input_range, seed=options.seed, info=distilled)
+        stage.detail("distilling inputs from BN statistics")
+        cal = distill_inputs(plain, shape, input_range, seed=options.seed, info=distilled,
+                             on_step=lambda i, n, loss: stage.detail(
+                                 f"distilling inputs: step {i}/{n}, BN loss {loss:.3g}"))
     if options.dfq.enabled:  # inputs, when there are: empirical bias correction
         folded, dfq_report, reference = run_dfq_with_reference(plain, options.dfq, cal)
     else:  # integer kernels have no BN: fold it even without DFQ
@@ -350,6 +353,8 @@ def _convert(model_path: str | Path, options: ConvertOptions,
     def stage(label: str):
         progress(label)
         return time.perf_counter()
+
+    stage.detail = getattr(progress, "detail", lambda text: None)  # a live sub-step line
 
     t = stage(f"load {model_path}")
     loaded = load_model(model_path, options.arch)

@@ -103,4 +103,5 @@ def renamed_params(qp: QuantParams, names: dict[str, str]) -> QuantParams:
                        {names[k]: v for k, v in qp.activations.items() if names.get(k) in points},
                        {names[k]: v for k, v in qp.ranges.items() if names.get(k) in points},
                        grid, {names[k]: v for k, v in qp.weights.items() if k in names},
-                       list(qp.notes))
+                       list(qp.notes),
+                       {names[k]: v for k, v in qp.constants.items() if k in names})

@@ -152,8 +152,8 @@ def test_bit_exact_equivariance_and_fidelity(int8, name):
     steps_plain = np.abs(y - simulate_with(folded, qp).numpy(x)) / out_scale
     assert steps_plain.max() <= 3.0 + 1e-3  # no bias / avg-pool rounding in simulate_with
     fp32 = path.with_suffix(".fp32.onnx")
-    y32 = T.runner(fp32)(x)
-    assert (y.argmax(1) == y32.argmax(1)).mean() >= 0.97
+    xt = _probes(EXACT_SIZES[name], 256)  # top-1 on enough digits that one flip is 0.4 %
+    assert (f(xt).argmax(1) == T.runner(fp32)(xt).argmax(1)).mean() >= 0.97
     assert path.stat().st_size <= 0.45 * fp32.stat().st_size
 
 

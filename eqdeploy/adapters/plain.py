@@ -285,6 +285,13 @@ def _batch_leading(node: fx.Node, batch_symbol: str | None) -> bool:
     return isinstance(lead, torch.SymInt) and str(lead) == batch_symbol
 
 
+def _pixels(view, shape: tuple[int, ...]) -> int:
+    """Entries of ``view``'s spatial pair (1 without one): at 1 the pixel action is trivial,
+    so a 1x1 map read as a pair and the same values read as channels are one layout (a
+    global pool's ``(N, C, 1, 1, G)`` and its ``squeeze()``d ``(N, C, G)``)."""
+    return 1 if view.pair is None else int(shape[view.pair[0]] * shape[view.pair[1]])
+
+
 def _match_tensor(t: _Tensor, tensors: dict[str, _Tensor], moved_raw: np.ndarray,
                   base_raw: np.ndarray, el: Element, key: Key, tol: float) -> None:
     """Find ``t``'s channel permutation under generator ``el`` (and its view, if not fixed
@@ -297,8 +304,11 @@ def _match_tensor(t: _Tensor, tensors: dict[str, _Tensor], moved_raw: np.ndarray
         src = tensors.get(arg)
         if src is None or src.view is None or key not in src.gen_perms:
             continue
+        src_shape = tensors[arg].shape
         for v, moved, ref in tries:
-            if v.channels(t.shape) == src.channels and v.spatial() == src.view.spatial() \
+            same_action = v.spatial() == src.view.spatial() or (
+                _pixels(v, t.shape) == 1 and _pixels(src.view, src_shape) == 1)
+            if v.channels(t.shape) == src.channels and same_action \
                     and exact(moved, ref, src.gen_perms[key], tol):
                 t.gen_perms[key], t.view = src.gen_perms[key], v
                 return

@@ -294,6 +294,42 @@ def canonical_shapes(gm: fx.GraphModule) -> int:
 
 
 # --- batch norm over stacked group axes ----------------------------------------------------
+def spatial_means_to_4d(gm: fx.GraphModule) -> int:
+    """A mean over two axes of a tensor that is not ``(N, C, H, W)`` read the usual way (a
+    rotation stack's ``(N, C, H, W, G)`` pooled over H, W) -> permute the two axes last,
+    reshape to ``(N, C', H, W)``, mean over (2, 3), reshape to the mean's shape: exact, and
+    the runtimes' integer global-average kernels (QLinearGlobalAveragePool, int8 MEAN) take
+    the 4-D form; a 5-D ReduceMean stays float."""
+    changed = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not aten.mean.dim or node.kwargs \
+                or len(node.args) < 2 or len(node.args) > 3:
+            continue
+        shape, out = _shape(node.args[0]), _shape(node)
+        if shape is None or out is None or any(not isinstance(d, int) for d in shape[1:]):
+            continue
+        rank = len(shape)
+        dims = sorted(_dims(node.args[1], rank))
+        if len(dims) != 2 or 0 in dims or (rank == 4 and dims == [2, 3]):
+            continue
+        others = [i for i in range(1, rank) if i not in dims]
+        merged = 1
+        for i in others:
+            merged *= int(shape[i])
+        with gm.graph.inserting_before(node):
+            moved = gm.graph.call_function(aten.permute.default,
+                                           (node.args[0], [0, *others, *dims]))
+            flat = gm.graph.call_function(aten.reshape.default, (
+                moved, [-1, merged, int(shape[dims[0]]), int(shape[dims[1]])]))
+            mean = gm.graph.call_function(aten.mean.dim, (flat, [2, 3], True))
+        for n in (moved, flat, mean):
+            n.meta = {k: v for k, v in node.meta.items() if k != "val"}
+        _replace(gm, node, aten.reshape.default, (mean, [-1, *(int(d) for d in out[1:])]))
+        gm.graph.erase_node(node)
+        changed += 1
+    return changed
+
+
 def batchnorm_to_4d(gm: fx.GraphModule) -> int:
     """An eval ``batch_norm`` over ``(N, C, G..., H, W)`` (GrouPy-style BatchNorm3d, one
     statistic per field) -> reshape to ``(N, C*G..., H, W)``, a 4D ``batch_norm`` with each
@@ -362,6 +398,8 @@ REWRITES: list[tuple[str, Callable[[fx.GraphModule], int], str, bool]] = [
     ("tuple ops", reduce_tuple_ops, "max/min(dim) -> amax/amin, split/chunk/unbind -> slice, "
      "adaptive_max_pool2d -> amax or max_pool2d, functional batch norm -> batch_norm", False),
     ("global pools", global_pools, "adaptive_avg_pool2d(1) -> mean over H, W", False),
+    ("spatial means", spatial_means_to_4d, "mean over two axes of a non-(N, C, H, W) tensor "
+     "-> permute + reshape to 4D, mean over (2, 3), reshape back", True),
     ("constant biases", fold_bias_adds, "conv (+ reshapes/permutes) + per-channel constant "
      "-> the conv's bias", False),
     ("field batch norms", batchnorm_to_4d, "batch_norm over (N, C, G, H, W) -> 4D batch_norm "

@@ -90,7 +90,8 @@ def _probe(gm: fx.GraphModule, names: set[str]) -> fx.GraphModule:
 
 def distill_inputs(pm, shape: tuple[int, ...], input_range: tuple[float, float] | None = None,
                    n: int = 16, steps: int = 50, lr: float = 0.2, seed: int = 0,
-                   label_weight: float = 0.3, info: dict | None = None) -> np.ndarray:
+                   label_weight: float = 0.3, info: dict | None = None,
+                   on_step=None) -> np.ndarray:
     """``n`` synthetic float32 inputs whose BN batch statistics match the stored ones.
 
     ``pm``: the ``PlainModel`` *before* BN folding (its graph still has the batch norms).
@@ -98,18 +99,21 @@ def distill_inputs(pm, shape: tuple[int, ...], input_range: tuple[float, float] 
     normalized input's exact range (projected onto after every step); ``None`` leaves it free.
     ``label_weight``: weight of the cross-entropy to labels ``i % K`` when the output is
     ``(N, K)`` logits (ignored otherwise). ``info``, if given, receives the loss before and
-    after, the seconds taken and the settings. Runs on one torch thread (restored after), so
+    after, the seconds taken and the settings. ``on_step(step, steps, bn_loss)`` is called
+    after every step (progress display). Runs on one torch thread (restored after), so
     the result is deterministic for a given ``seed``.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny ops: faster on a busy machine, and thread-count-free
     try:
-        return _distill(pm, shape, input_range, n, steps, lr, seed, label_weight, info)
+        return _distill(pm, shape, input_range, n, steps, lr, seed, label_weight, info,
+                        on_step or (lambda step, total, loss: None))
     finally:
         torch.set_num_threads(threads)
 
 
-def _distill(pm, shape, input_range, n, steps, lr, seed, label_weight, info) -> np.ndarray:
+def _distill(pm, shape, input_range, n, steps, lr, seed, label_weight, info, on_step
+             ) -> np.ndarray:
     t0 = time.perf_counter()
     gm = pm.module()
     targets = bn_targets(gm)
@@ -132,6 +136,7 @@ def _distill(pm, shape, input_range, n, steps, lr, seed, label_weight, info) -> 
         *taps, out = probe(x)
         bn_loss = _bn_loss(taps, stats)
         losses.append(float(bn_loss.detach()))
+        on_step(len(losses) - 1, steps, losses[-1])
         if len(losses) > steps:  # the last pass only measures
             break
         loss = bn_loss

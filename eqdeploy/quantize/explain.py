@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from eqdeploy.quantize.params import QuantParams, quant_points
+from eqdeploy.quantize.params import QuantParams, fixed_range, quant_points
 from eqdeploy.quantize.simulate import _fake_quant, _int_mean, _int_mul, simulate_with
 
 
@@ -87,6 +87,13 @@ def _run(gm: fx.GraphModule, x: np.ndarray, key, dtype) -> dict[str, np.ndarray]
     with torch.no_grad():
         it.run(torch.from_numpy(np.ascontiguousarray(x)).to(dtype))
     return it.values
+
+
+def _clipped(r: np.ndarray, scale: float, zp: int) -> float:
+    """Fraction of FP32 values outside the interval the int8 grid covers (half a step
+    beyond its ends); the grid always covers 0, so a range [0.05, 17] clips nothing at 0."""
+    lo, hi = fixed_range(scale, zp)
+    return float(np.mean((r < lo - scale / 2) | (r > hi + scale / 2)))
 
 
 def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float | None:
@@ -157,7 +164,7 @@ def explain(pm, qp: QuantParams, probes: np.ndarray, reference=None,
             "tensor": q, "op": str(producer[q].target).replace("aten.", "").split(".")[0],
             "module": _module_path(producer[q]), "scale": scale, "zero_point": zp, "inputs": ups,
             "range": [lo, hi], "sqnr_db": sqnr_db(r, o), "local_sqnr_db": sqnr_db(r, local),
-            "clipped_fraction": float(np.mean((r < lo - scale / 2) | (r > hi + scale / 2))),
+            "clipped_fraction": _clipped(r, scale, zp),
             "worst_field": None if worst is None else {
                 "field": worst["field"], "channels": worst["channels"],
                 "sqnr_db": worst["sqnr_db"]},

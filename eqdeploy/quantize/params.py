@@ -199,6 +199,9 @@ class QuantParams:
     grid: dict[str, str]  # every float node -> its quant point
     weights: dict[str, np.ndarray]  # conv/linear node -> per-output-channel scales
     notes: list[str] = field(default_factory=list)
+    # op node -> (scale, zero point) of its constant tensor operand (e.g. e2cnn's
+    # MaskModule ``x * mask``): int8 asymmetric per tensor over the constant's own range
+    constants: dict[str, tuple[float, int]] = field(default_factory=dict)
 
     def act_for(self, node: str) -> tuple[float, int]:
         return self.activations[self.grid[node]]
@@ -213,6 +216,8 @@ class QuantParams:
             "activations": {k: {"scale": s, "zero_point": z, "range": list(self.ranges[k])}
                             for k, (s, z) in self.activations.items()},
             "weights": {k: [float(x) for x in v] for k, v in self.weights.items()},
+            "constants": {k: {"scale": s, "zero_point": z}
+                          for k, (s, z) in self.constants.items()},
             "notes": self.notes,
         }
 
@@ -409,7 +414,29 @@ def compute_qparams(pm, per_channel: bool = True, calibration: np.ndarray | None
         if node.target in FIXED_OUTPUT:
             acts[q] = FIXED_OUTPUT[node.target]
             ranges[q] = fixed_range(*acts[q])
-    return QuantParams(per_channel, source, acts, ranges, grid, weights, notes)
+    return QuantParams(per_channel, source, acts, ranges, grid, weights, notes,
+                       constant_qparams(gm))
+
+
+def constant_operands(gm: fx.GraphModule) -> dict[str, tuple[int, torch.Tensor]]:
+    """Ops other than conv/linear with a float constant tensor operand: op node -> (argument
+    position, constant). Integer runtimes store such a constant as an int8 tensor."""
+    found = {}
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or n.target in (CONV, LINEAR) or not _is_float(n):
+            continue
+        for i, a in enumerate(n.args):
+            c = _param(gm, a)
+            if c is not None and c.is_floating_point():
+                found[n.name] = (i, c)
+                break
+    return found
+
+
+def constant_qparams(gm: fx.GraphModule) -> dict[str, tuple[float, int]]:
+    """(scale, zero point) of every constant operand, asymmetric over its min/max (and 0)."""
+    return {name: activation_qparams(float(c.min()), float(c.max()))
+            for name, (_, c) in constant_operands(gm).items()}
 
 
 def fixed_range(scale: float, zp: int) -> tuple[float, float]:

@@ -121,10 +121,14 @@ def simulate_with(pm, qp: QuantParams, quantize_weights: bool = True,
     if not quantize_activations:
         return Int8Simulation(gm, {}, {})
     points, _ = quant_points(gm)
-    muls = [(n, *(a.name for a in n.args)) for n in gm.graph.nodes
+    consts = _quantize_constants(gm, qp)
+    muls = [(n, *(consts.get((n.name, i)) or qp.act_for(a.name)[0]
+                  for i, a in enumerate(n.args)))
+            for n in gm.graph.nodes
             if n.op == "call_function" and n.target == MUL and n.name in qp.grid
-            and len(n.args) == 2 and all(isinstance(a, fx.Node) and a.name in qp.grid
-                                         for a in n.args)]
+            and len(n.args) == 2 and all(isinstance(a, fx.Node)
+                                         and (a.name in qp.grid or (n.name, i) in consts)
+                                         for i, a in enumerate(n.args))]
     means = [(n, n.args[0].name) for n in gm.graph.nodes
              if n.op == "call_function" and n.target == MEAN and n.name in qp.grid
              and isinstance(n.args[0], fx.Node) and n.args[0].name in qp.grid
@@ -141,11 +145,30 @@ def simulate_with(pm, qp: QuantParams, quantize_weights: bool = True,
         node.target = _int_mean
         node.args = (node.args[0], list(node.args[1]), keep, qp.act_for(a)[0],
                      *qp.act_for(node.name))
-    for node, a, b in muls:  # integer product and requantization (inputs now on grids)
+    for node, sa, sb in muls:  # integer product and requantization (inputs now on grids)
         node.target = _int_mul
-        node.args = (*node.args, qp.act_for(a)[0], qp.act_for(b)[0], *qp.act_for(node.name))
+        node.args = (*node.args, sa, sb, *qp.act_for(node.name))
     gm.recompile()
     return Int8Simulation(gm.double(), dict(qp.ranges), dict(qp.activations), float64=True)
+
+
+def _quantize_constants(gm: fx.GraphModule, qp: QuantParams) -> dict[tuple[str, int], float]:
+    """Round every constant operand of ``qp.constants`` onto its int8 grid, in place (each
+    gets its own copy, as each integer op stores its own); returns {(op, position): scale}."""
+    from eqdeploy.quantize.params import constant_operands
+
+    scales = {}
+    for name, (pos, c) in constant_operands(gm).items():
+        if name not in qp.constants:
+            continue
+        scale, zp = qp.constants[name]
+        node = next(n for n in gm.graph.nodes if n.name == name)
+        attr = f"_eqdeploy_int8_const_{name}"
+        gm.register_buffer(attr, _fake_quant(c, scale, zp).float())
+        with gm.graph.inserting_before(node):
+            node.update_arg(pos, gm.graph.get_attr(attr))
+        scales[(name, pos)] = scale
+    return scales
 
 
 def simulate_int8(pm, weights: str = "per_channel", activations: str = "minmax",

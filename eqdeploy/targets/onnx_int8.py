@@ -185,6 +185,24 @@ def build_overrides(qp: QuantParams, names: dict[str, str], weights: dict[str, s
     return overrides
 
 
+def constant_overrides(model: onnx.ModelProto, qp: QuantParams, names: dict[str, str],
+                       opts: OrtInt8Options, graph) -> dict:
+    """Overrides for the constant operands of ``qp.constants`` (the initializer input of the
+    ONNX node holding each op's value)."""
+    act_np = np.uint8 if opts.activation_type == "QUInt8" else np.int8
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name for i in model.graph.initializer}
+    out = {}
+    for op, (scale, zp) in qp.constants.items():
+        node = producer.get(names.get(op, ""))
+        found = [i for i in (node.input if node is not None else []) if i in inits]
+        if not found:
+            raise unmapped("onnx", graph, [op], "constant operand")
+        out[found[0]] = [{"scale": np.array(scale, np.float32),
+                          "zero_point": np.array(zp + _offset(opts.activation_type), act_np)}]
+    return out
+
+
 class _Reader:
     """Minimal CalibrationDataReader: a few inputs (the overrides decide every number)."""
 
@@ -277,6 +295,7 @@ def emit_int8(plain: PlainModel, qp: QuantParams, path: str | Path, batch: int =
         raise unmapped("onnx", plain.program.graph, missing, "tensor")
     weights = weight_initializers(model, names, layers)
     overrides = build_overrides(qp, names, weights, opts)
+    overrides.update(constant_overrides(model, qp, names, opts, plain.program.graph))
     op_types = sorted({n.op_type for n in model.graph.node} - {"Constant", "Shape", "Cast"})
     inp = model.graph.input[0]
     shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]

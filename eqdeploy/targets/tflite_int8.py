@@ -78,12 +78,15 @@ def force_parameters(prepared: fx.GraphModule, qp: QuantParams,
         if src.op == "get_attr":  # a weight: its consumer is the conv/linear
             layer = next(u for u in node.users if u.op == "call_function")
             name = names.get(layer.name, layer.name)
-            if name not in qp.weights:
-                raise unmapped("tflite", graph, [name], "weight scales (a constant operand "
-                               "that is not a conv/linear weight)")
-            s = torch.as_tensor(qp.weights[name], dtype=torch.float32)
-            obs = fixed(s, torch.zeros(len(s), dtype=torch.int32),
-                        torch.per_channel_symmetric, -127, 127)
+            if name in qp.weights:
+                s = torch.as_tensor(qp.weights[name], dtype=torch.float32)
+                obs = fixed(s, torch.zeros(len(s), dtype=torch.int32),
+                            torch.per_channel_symmetric, -127, 127)
+            elif name in qp.constants:  # a constant operand, e.g. a mask: per tensor
+                obs = fixed(*qp.constants[name], torch.per_tensor_affine, -128, 127)
+            else:
+                raise unmapped("tflite", graph, [name], "quantization parameters for its "
+                               "constant operand")
         else:
             scale, zp = qp.activations[_observed_point(src, qp, names, graph)]
             obs = fixed(scale, zp, torch.per_tensor_affine, -128, 127)
@@ -118,9 +121,12 @@ def tag_sources(gm: fx.GraphModule) -> int:
 
 
 # elementwise ops with int8 TFLite kernels that litert's PT2E quantizer leaves unannotated
-# (so they would run in float between a DEQUANTIZE and a QUANTIZE)
+# (so they would run in float between a DEQUANTIZE and a QUANTIZE): a ReLU it annotates
+# only fused after a conv/linear/add, not after a stack (a rotation stack's
+# ``relu(stack([conv(x) ...], -1))``)
 UNARY_INT8 = {torch.ops.aten.elu.default, torch.ops.aten.leaky_relu.default,
-              torch.ops.aten.hardswish.default, torch.ops.aten.tanh.default}
+              torch.ops.aten.hardswish.default, torch.ops.aten.tanh.default,
+              torch.ops.aten.relu.default}
 
 
 def _quantizer_cls(base):

@@ -103,7 +103,8 @@ def factory(entry: ZooModel):
 
 
 def build(name: str, seed: int = 0) -> nn.Module:
-    """Zoo model ``name`` in eval mode, BatchNorm statistics warmed on smooth images."""
+    """Zoo model ``name`` in eval mode, BatchNorm statistics warmed on its kind of images
+    (``common.warm_batchnorm``)."""
     from eqdeploy.adapters import e2cnn_compat
     from eqdeploy.models.zoo.common import warm_batchnorm
 
