@@ -98,24 +98,31 @@ def test_int8_outputs_unchanged_under_every_exact_element(runtime, zoo):
     assert all(r["probes"] == 64 for r in row["equivariance"])
 
 
-# Random-weight models whose FP32 decisions are near ties at the INT8 noise level: top-1
-# agreement then counts ties, not quantization damage (measured 2026-12-02, data-free,
-# 64 probes). Strict: once one passes (trained weights, better ranges), the suite says so.
+# Random-weight models whose INT8 top-1 agreement falls below TOP1_MIN, per runtime, with
+# what was measured (2026-12-02, data-free, 64 MNIST probes unless noted). Two causes: FP32
+# decisions that nearly tie at the INT8 noise level (random heads), and the e2cnn/escnn
+# head Linear-BatchNorm1d-ELU, whose BatchNorm1d, fitted to random features that barely
+# vary across digits, amplifies the pooled features' rounding. Strict: when one passes
+# (trained weights, better ranges), the suite says so and the entry goes.
 NEAR_TIES = {
-    "rot_kernel_cnn": "INT8 rel. error 0.041 but 25 of 64 MNIST probes have an FP32 top-1 "
-                      "margin under 2% of the logit norm: 4 flip (0.9375)",
-    "escnn_d8_steerable": "INT8 rel. error 0.24 (the D8 head's BatchNorm1d amplifies the "
-                          "pooled features' rounding); 0.953 ONNX / 0.938 TFLite",
-    "wrn_d8_d4": "INT8 rel. error 0.045 on noise probes whose FP32 logits nearly tie: 8 "
-                 "flip (0.875)",
+    ("rot_kernel_cnn", "onnxruntime"): "rel. error 0.041, but 25 of 64 probes have an FP32 "
+                                       "top-1 margin under 2% of the logit norm: 0.9375",
+    ("rot_kernel_cnn", "ai-edge-litert"): "as ONNX Runtime: 0.9375",
+    ("escnn_d8_steerable", "onnxruntime"): "rel. error 0.24 (head BatchNorm1d gain): 0.953",
+    ("escnn_d8_steerable", "ai-edge-litert"): "rel. error 0.24 (head BatchNorm1d gain): 0.938",
+    ("c8_steerable", "ai-edge-litert"): "rel. error 0.40 (head BatchNorm1d gain): 0.969 "
+                                        "(ONNX Runtime 0.984 passes)",
+    ("wrn_d8_d4", "onnxruntime"): "rel. error 0.045 on noise probes whose FP32 logits "
+                                  "nearly tie: 0.875",
+    ("wrn_d8_d4", "ai-edge-litert"): "as ONNX Runtime: 0.875",
 }
 
 
 @pytest.mark.parametrize("runtime", list(EXT))
 def test_int8_top1_agrees_with_fp32(runtime, zoo, request):
-    if zoo["entry"].name in NEAR_TIES:
-        request.applymarker(pytest.mark.xfail(strict=True,
-                                              reason=NEAR_TIES[zoo["entry"].name]))
+    known = NEAR_TIES.get((zoo["entry"].name, runtime))
+    if known is not None:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=known))
     row = _row(zoo, runtime)
     assert row["top1_agreement_vs_source"] is not None
     assert row["top1_agreement_vs_source"] >= TOP1_MIN, zoo["entry"].name
