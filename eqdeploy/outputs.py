@@ -41,7 +41,19 @@ def fp32_name(artifact: str) -> str:
     return p.with_name(f"{p.stem}.fp32{p.suffix}").name
 
 
-def planned_outputs(name: str, targets: list[str], int8: bool, tap: bool) -> list[str]:
+PLOT_SUFFIX = ".equivariance.png"  # convert's per-element plot (written when matplotlib is)
+
+
+def plots_available() -> bool:
+    """Will the conversion write its plot? (matplotlib installed; found without importing)"""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def planned_outputs(name: str, targets: list[str], int8: bool, tap: bool,
+                    plots: bool = False) -> list[str]:
+    """Every file a conversion of ``name`` writes (``plots``: the per-element plot too)."""
     from eqdeploy.targets import TARGETS
 
     files = []
@@ -50,7 +62,7 @@ def planned_outputs(name: str, targets: list[str], int8: bool, tap: bool) -> lis
         arts = [f"{name}{ext}"] + ([f"{name}.tap{ext}"] if tap else [])
         for art in arts + ([fp32_name(a) for a in arts] if int8 else []):
             files += [art, art + SIDECAR_SUFFIX, art + PROBES_SUFFIX]
-    return files + [name + s for s in REPORT_SUFFIXES]
+    return files + [name + s for s in REPORT_SUFFIXES] + ([name + PLOT_SUFFIX] if plots else [])
 
 
 def _plain_name(f: object) -> bool:

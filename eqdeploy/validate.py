@@ -22,7 +22,7 @@ import numpy as np
 
 from eqdeploy.errors import EqdeployError
 from eqdeploy.groups import Group
-from eqdeploy.outputs import check_outputs, planned_outputs
+from eqdeploy.outputs import check_outputs, planned_outputs, plots_available
 
 MAX_SIDE = 16384  # H, W
 MAX_BATCH = 4096  # N: the artifact's fixed batch
@@ -288,7 +288,7 @@ def preflight(model_path: str | Path, options: Any, given: list[str] | None = No
             inputs[role] = Path(path)
     outdir = Path(options.outdir)
     outputs = planned_outputs(model_path.stem, list(options.targets), bool(options.int8),
-                              bool(options.tap))
+                              bool(options.tap), plots=plots_available())
     check_outputs(outdir, model_path.stem, outputs, inputs, getattr(options, "force", False))
     plan = Preflight(outdir, outputs, inputs,
                      notes=[n for f in files.values() for n in f.notes], files=files)

@@ -23,6 +23,7 @@ from eqdeploy.outputs import (
     Staging,
     check_outputs,
     planned_outputs,
+    plots_available,
     previous_outputs,
     signals_held,
 )
@@ -297,7 +298,7 @@ def test_conversion_replaces_a_previous_one_and_sidecars_are_reproducible(tmp_pa
     assert res.exit_code == 0, res.output
     assert "removed 3 file(s) of the previous conversion" in res.output
     report = json.loads((out / "c4_cnn.report.json").read_text())
-    listed = planned_outputs("c4_cnn", ["onnx"], False, False)
+    listed = planned_outputs("c4_cnn", ["onnx"], False, False, plots=plots_available())
     assert report["files"] == sorted(listed) == sorted(p.name for p in out.iterdir())
     assert report["input_notes"] == ["probe inputs probes.npz 'test': float64 cast to float32"]
     first = {f: (out / f).read_bytes() for f in listed if not f.startswith("c4_cnn.report")}
