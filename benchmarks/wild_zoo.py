@@ -188,15 +188,16 @@ def markdown(results: dict) -> str:
         "", f"Machine: {m.get('cpu_model')}, {m.get('cores')} cores (shared), ISA {isa}; "
         f"{m.get('os')}; Python {m.get('python')}, numpy {m.get('numpy')}, torch "
         f"{results['torch']}.", "",
-        "Each model (`eqdeploy/models/zoo/`, seeded random weights, BatchNorm warmed on smooth "
-        "random images) is saved as its users save it and converted in a fresh process with "
+        "Each model (`eqdeploy/models/zoo/`, seeded random weights, BatchNorm warmed on "
+        "MNIST digits for 1x29x29 models, smooth random images otherwise) is saved as its "
+        "users save it and converted in a fresh process with "
         "`python -m eqdeploy.cli convert MODEL.pt <flags> --int8 --target all --num-probes 64` "
         "(1x29x29 models: `--probes calibration/mnist29.npz --input-norm 0.1307:0.3081`; "
         "others: seeded noise). Regenerate: `python benchmarks/wild_zoo.py`.", "",
         "Pairs are ONNX Runtime / LiteRT. *FP32 err*: max |artifact - source| / max |source|. "
         "*INT8 changed*: probes whose integer output changed at all under the worst exact "
-        "element. *top-1*: INT8 vs the FP32 source. *integer*: no float32 tensor in the "
-        ".tflite; no float compute op left by ORT. *size*: INT8 / FP32 bytes. *s*: wall time "
+        "element. *top-1*: INT8 vs the FP32 source. *integer*: no TFLite op computing in "
+        "float32; no float compute op left by ORT. *size*: INT8 / FP32 bytes. *s*: wall time "
         "of the `--target all` INT8 conversion (all attempts when it failed). `fail`: that "
         "INT8 target did not convert (errors below).", "",
         "| model | style | G | saved as | FP32 err | INT8 changed | INT8 top-1 | integer | "
@@ -212,10 +213,11 @@ def markdown(results: dict) -> str:
             notes.append(f"- **{name}**, {attempt} ({kind}): `{err['error']}`")
         for ext, r in res["int8"].items():
             if r["float"]:
-                notes.append(f"- {name}: INT8 {ext} keeps {len(r['float'])} float "
-                             f"{'tensors' if ext == 'tflite' else 'ops'}, e.g. "
-                             f"`{r['float'][0]}`")
-    lines += ["", "Failures and float ops:", ""] + (notes or ["- none"])
+                notes.append(f"- {name}: INT8 {ext} computes in float: "
+                             + ", ".join(f"`{op}`" for op in r["float"]))
+    lines += ["", "Failures and float ops (an ELU has no integer kernel in ORT; litert-torch "
+              "lowers it to SELECT/EXP/SUB, of which EXP and SUB stay float):", ""] \
+        + (notes or ["- none"])
     lines += ["", "Patterns per model:", ""] + [
         f"- {n}: {r['source']}; " + ", ".join(f"`{p}`" for p in r["patterns"])
         for n, r in results["models"].items()]
