@@ -418,9 +418,9 @@ def compute_qparams(pm, per_channel: bool = True, calibration: np.ndarray | None
                        constant_qparams(gm))
 
 
-def constant_operands(gm: fx.GraphModule) -> dict[str, tuple[int, torch.Tensor]]:
-    """Ops other than conv/linear with a float constant tensor operand: op node -> (argument
-    position, constant). Integer runtimes store such a constant as an int8 tensor."""
+def constant_operands(gm: fx.GraphModule) -> dict[str, tuple[fx.Node, int, torch.Tensor]]:
+    """Ops other than conv/linear with a float constant tensor operand: op name -> (op node,
+    argument position, constant). Integer runtimes store such a constant as an int8 tensor."""
     found = {}
     for n in gm.graph.nodes:
         if n.op != "call_function" or n.target in (CONV, LINEAR) or not _is_float(n):
@@ -428,7 +428,7 @@ def constant_operands(gm: fx.GraphModule) -> dict[str, tuple[int, torch.Tensor]]
         for i, a in enumerate(n.args):
             c = _param(gm, a)
             if c is not None and c.is_floating_point():
-                found[n.name] = (i, c)
+                found[n.name] = (n, i, c)
                 break
     return found
 
@@ -436,7 +436,7 @@ def constant_operands(gm: fx.GraphModule) -> dict[str, tuple[int, torch.Tensor]]
 def constant_qparams(gm: fx.GraphModule) -> dict[str, tuple[float, int]]:
     """(scale, zero point) of every constant operand, asymmetric over its min/max (and 0)."""
     return {name: activation_qparams(float(c.min()), float(c.max()))
-            for name, (_, c) in constant_operands(gm).items()}
+            for name, (_, _, c) in constant_operands(gm).items()}
 
 
 def fixed_range(scale: float, zp: int) -> tuple[float, float]:

@@ -158,11 +158,10 @@ def _quantize_constants(gm: fx.GraphModule, qp: QuantParams) -> dict[tuple[str, 
     from eqdeploy.quantize.params import constant_operands
 
     scales = {}
-    for name, (pos, c) in constant_operands(gm).items():
+    for name, (node, pos, c) in constant_operands(gm).items():
         if name not in qp.constants:
             continue
         scale, zp = qp.constants[name]
-        node = next(n for n in gm.graph.nodes if n.name == name)
         attr = f"_eqdeploy_int8_const_{name}"
         gm.register_buffer(attr, _fake_quant(c, scale, zp).float())
         with gm.graph.inserting_before(node):

@@ -96,6 +96,22 @@ def weight_initializers(model: onnx.ModelProto, names: dict[str, str],
     return out
 
 
+def constant_initializers(model: onnx.ModelProto, names: dict[str, str], ops: list[str],
+                          graph) -> dict[str, str]:
+    """FX op with a constant operand (``QuantParams.constants``) -> that initializer, an
+    input of the ONNX node holding the op's value."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name for i in model.graph.initializer}
+    out = {}
+    for op in ops:
+        node = producer.get(names.get(op, ""))
+        found = [i for i in (node.input if node is not None else []) if i in inits]
+        if not found:
+            raise unmapped("onnx", graph, [op], "constant operand")
+        out[op] = found[0]
+    return out
+
+
 # --- FP32 graph preparation -------------------------------------------------------------------
 def _replace_spatial_mean(model: onnx.ModelProto) -> dict[str, str]:
     """ReduceMean over axes (2, 3) of a 4-D tensor -> GlobalAveragePool (+ Flatten if keepdims=0).
@@ -166,8 +182,9 @@ def _offset(type_name: str) -> int:
 
 
 def build_overrides(qp: QuantParams, names: dict[str, str], weights: dict[str, str],
-                    opts: OrtInt8Options) -> dict:
-    """``TensorQuantOverrides``: every float tensor its grid's params, weights per channel."""
+                    opts: OrtInt8Options, constants: dict[str, str] | None = None) -> dict:
+    """``TensorQuantOverrides``: every float tensor its grid's params, weights per channel,
+    constant operands (``constants``: op -> initializer) their own per-tensor params."""
     act_np = np.uint8 if opts.activation_type == "QUInt8" else np.int8
     w_np = np.uint8 if opts.weight_type == "QUInt8" else np.int8
     a_off, w_off = _offset(opts.activation_type), _offset(opts.weight_type)
@@ -182,25 +199,11 @@ def build_overrides(qp: QuantParams, names: dict[str, str], weights: dict[str, s
         overrides[init] = [{"axis": 0, "scale": np.array(s, np.float32),
                             "zero_point": np.array(w_off, w_np)}
                            for s in np.asarray(qp.weights[layer], np.float64)]
+    for op, init in (constants or {}).items():
+        scale, zp = qp.constants[op]
+        overrides[init] = [{"scale": np.array(scale, np.float32),
+                            "zero_point": np.array(zp + a_off, dtype=act_np)}]
     return overrides
-
-
-def constant_overrides(model: onnx.ModelProto, qp: QuantParams, names: dict[str, str],
-                       opts: OrtInt8Options, graph) -> dict:
-    """Overrides for the constant operands of ``qp.constants`` (the initializer input of the
-    ONNX node holding each op's value)."""
-    act_np = np.uint8 if opts.activation_type == "QUInt8" else np.int8
-    producer = {o: n for n in model.graph.node for o in n.output}
-    inits = {i.name for i in model.graph.initializer}
-    out = {}
-    for op, (scale, zp) in qp.constants.items():
-        node = producer.get(names.get(op, ""))
-        found = [i for i in (node.input if node is not None else []) if i in inits]
-        if not found:
-            raise unmapped("onnx", graph, [op], "constant operand")
-        out[found[0]] = [{"scale": np.array(scale, np.float32),
-                          "zero_point": np.array(zp + _offset(opts.activation_type), act_np)}]
-    return out
 
 
 class _Reader:
@@ -294,8 +297,8 @@ def emit_int8(plain: PlainModel, qp: QuantParams, path: str | Path, batch: int =
     if missing:
         raise unmapped("onnx", plain.program.graph, missing, "tensor")
     weights = weight_initializers(model, names, layers)
-    overrides = build_overrides(qp, names, weights, opts)
-    overrides.update(constant_overrides(model, qp, names, opts, plain.program.graph))
+    constants = constant_initializers(model, names, list(qp.constants), plain.program.graph)
+    overrides = build_overrides(qp, names, weights, opts, constants)
     op_types = sorted({n.op_type for n in model.graph.node} - {"Constant", "Shape", "Cast"})
     inp = model.graph.input[0]
     shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
