@@ -153,6 +153,10 @@ def main() -> None:
     data["error"] = error
     data["mode"] = mode
     result.write_text(json.dumps(data))
+    if mode == "eqdeploy":  # what the console entry point does after a conversion
+        from eqdeploy.cli import fast_exit
+
+        fast_exit(1 if error else 0)
     sys.exit(1 if error else 0)
 
 

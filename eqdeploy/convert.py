@@ -29,6 +29,7 @@ from eqdeploy.harness.equivariance import (
     equivariance_table,
     interpolated_elements,
     interpolated_table,
+    last_call_cache,
     reference_npz,
     relative_error,
 )
@@ -289,8 +290,9 @@ def _verified(target: str, path: Path, job: _Emission, info: dict, probes: np.nd
         raise CheckFailed(f"the manifest read back from {path.name} differs",
                           "report this to eqdeploy")
     reference = job.reference if quant else job.fp32_reference
-    raw = (lambda a, r=runner: r.run_raw(r.quantize_input(a))) if quant else None
-    row = _runtime_row(runner.runtime, runner.runtime_version, runner.run, job.plain.spec,
+    raw = last_call_cache(lambda a: runner.run_raw(runner.quantize_input(a))) if quant else None
+    run = (lambda a: runner.dequantize_output(raw(a))) if quant else runner.run
+    row = _runtime_row(runner.runtime, runner.runtime_version, run, job.plain.spec,
                        probes, reference, raw=raw, fp32=fp32["interpolated"] if fp32 else None)
     row["artifact"] = path.name
     if fp32 is not None and row["interpolated"]:

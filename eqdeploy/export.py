@@ -29,6 +29,7 @@ class PlainModel:
     spec: SymmetrySpec
     example: torch.Tensor
     info: dict = field(default_factory=dict)
+    _static: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def module(self) -> nn.Module:
         """The graph as a runnable module (parameters as attributes)."""
@@ -38,9 +39,14 @@ class PlainModel:
         return self.program.module()(x)
 
     def static_program(self, batch: int) -> torch.export.ExportedProgram:
-        """The graph re-exported with a fixed batch size, as edge targets want it."""
-        example = self.example[:1].repeat(batch, 1, 1, 1)
-        return torch.export.export(self.module(), (example,))
+        """The graph re-exported with a fixed batch size, as edge targets want it (once per
+        program and batch: every target of a conversion reads the same one)."""
+        key = (id(self.program), batch)
+        if key not in self._static:
+            example = self.example[:1].repeat(batch, 1, 1, 1)
+            self._static.clear()
+            self._static[key] = torch.export.export(self.module(), (example,))
+        return self._static[key]
 
 
 class _TensorOutput(nn.Module):

@@ -592,8 +592,11 @@ def discover_plain(model: nn.Module | torch.jit.ScriptModule | torch.export.Expo
                    rewrite: bool = True, tap: str | None = None) -> PlainModel:
     """Export a plain-PyTorch/TorchScript group-equivariant model and discover its spec.
 
-    An ``ExportedProgram`` (e.g. ``PlainModel.program`` of an e2cnn export) is used as is,
-    so the discovered ``spec.tensors`` use its node names. ``tap``: a ``--tap`` layer
+    A model is exported and normalized (``eqdeploy.normalize``) before discovery, so every
+    tensor of the canonical graph gets its layout by probing (a 4-D view the normalization
+    makes of a 5-D stacked tensor has no counterpart to carry a layout from). An
+    ``ExportedProgram`` (e.g. ``PlainModel.program`` of an e2cnn export) is used as is, so the
+    discovered ``spec.tensors`` use its node names. ``tap``: a ``--tap`` layer
     (module path or node name); layers after it need not be equivariant.
     """
     group = Group(group_name.strip().upper())
@@ -602,6 +605,12 @@ def discover_plain(model: nn.Module | torch.jit.ScriptModule | torch.export.Expo
         info = {"framework": "torch.export", "input_shape": list(example.shape)}
     else:
         program, info = export_plain(model, example, rewrite=rewrite)
+        if rewrite:  # discover on the canonical graph: every tensor later stages see
+            from eqdeploy.normalize import normalize_program
+
+            t0 = time.perf_counter()
+            program, counts = normalize_program(program, example)
+            info.update(normalize=counts, normalize_seconds=round(time.perf_counter() - t0, 3))
     tap_node = None
     if tap:
         from eqdeploy.tap import resolve_tap

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import importlib
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from eqdeploy.harness.equivariance import (
     interpolated_elements,
     interpolated_summary,
     interpolated_table,
+    last_call_cache,
     relative_error,
     summarize,
 )
@@ -42,18 +42,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _last_call_cache(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-    """Remember the output for the last input object (the table asks f and raw of one g.x)."""
-    last: list = [None, None]
-
-    def wrapped(x: np.ndarray) -> np.ndarray:
-        if last[0] is not x:
-            last[0], last[1] = x, fn(x)
-        return last[1]
-
-    return wrapped
 
 
 def _is_classifier(spec: SymmetrySpec, y: np.ndarray) -> bool:
@@ -162,12 +150,12 @@ def run_bench(artifact: str | Path, runs: int = 100, warmup: int = 10, threads: 
     integer_out = runner.output_dtype if runner.output_dtype != "float32" else None
     integer_io = integer_out is not None or runner.input_dtype != "float32"
     if integer_io:
-        raw = _last_call_cache(lambda x: runner.run_raw(runner.quantize_input(x)))
+        raw = last_call_cache(lambda x: runner.run_raw(runner.quantize_input(x)))
 
         def f(x):
             return runner.dequantize_output(raw(x))
     else:
-        f, raw = _last_call_cache(runner.run), None
+        f, raw = last_call_cache(runner.run), None
     y = f(probes.inputs)
     _check_layouts(spec, runner, y)
     check_outputs(y, artifact.name)

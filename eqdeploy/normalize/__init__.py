@@ -90,7 +90,10 @@ def normalize_program(program: torch.export.ExportedProgram, example: torch.Tens
 
 def normalize(pm: PlainModel) -> PlainModel:
     """``pm`` in canonical form, its layouts carried over; ``info["normalize"]`` says what
-    changed and ``info["normalize_seconds"]`` how long it took."""
+    changed and ``info["normalize_seconds"]`` how long it took. A model whose layouts were
+    discovered on its normalized graph (``discover_plain``) is returned as it is."""
+    if "normalize" in pm.info:
+        return pm
     t0 = time.perf_counter()
     program, counts = normalize_program(pm.program, pm.example)
     spec = pm.spec
