@@ -1,11 +1,17 @@
 """The wild zoo: equivariant models written the way public sources write them (issue 11).
 
 Each module follows one public style (its docstring names the source and the patterns it
-reproduces); every model is small (MNIST/CIFAR-sized inputs, aligned odd sizes) with seeded
-random weights and BatchNorm statistics warmed on smooth random images. ``ZOO`` lists each
-model with its factory (also its ``--arch`` value), the group its conversion verifies, its
-input shape, how a user saves it and the CLI flags its conversion needs; ``build`` makes
-one, ``eqdeploy.models.zoo.save.save_as_user`` saves it as the user would.
+reproduces); every model is small (MNIST/CIFAR-sized inputs, aligned odd sizes) and, like
+a user's model, trained: ``build`` loads its committed state (``weights/<name>.pt``, a few
+dozen KiB each), written by ``python -m eqdeploy.models.zoo.train``, which trains every zoo
+model the same way from its seeded random initialisation (``train.train_on_digits``:
+30 epochs of Adam on the bundled labelled MNIST digits the conversions do not probe with,
+laid out for its input, then BatchNorm statistics measured on the unlabelled digits).
+Random weights give FP32 decisions that nearly tie, which INT8 rounding flips although
+the conversion is accurate. ``ZOO`` lists each model with its factory (also its ``--arch``
+value), the group its conversion verifies, its input shape, how a user saves it and the
+CLI flags its conversion needs; ``build`` makes one, ``eqdeploy.models.zoo.save.save_as_user``
+saves it as the user would.
 
 Importing this package imports neither e2cnn nor escnn (the factories are named by string):
 the model modules import their library the way a user's file does, without eqdeploy's
@@ -102,14 +108,31 @@ def factory(entry: ZooModel):
     return getattr(importlib.import_module(module), attr)
 
 
-def build(name: str, seed: int = 0) -> nn.Module:
-    """Zoo model ``name`` in eval mode, BatchNorm statistics warmed on its kind of images
-    (``common.warm_batchnorm``)."""
+def build(name: str, seed: int = 0, trained: bool = True) -> nn.Module:
+    """Zoo model ``name`` in eval mode: with ``trained``, its committed trained state
+    (``weights/<name>.pt``, written by ``python -m eqdeploy.models.zoo.train``); else its
+    seeded random weights with BatchNorm statistics warmed on its kind of images
+    (``common.warm_batchnorm`` with ``seed``)."""
+    import torch
+
     from eqdeploy.adapters import e2cnn_compat
+    from eqdeploy.errors import EqdeployError
     from eqdeploy.models.zoo.common import warm_batchnorm
+    from eqdeploy.models.zoo.train import weights_file
 
     entry = ZOO[name]
     if entry.framework == "e2cnn":
         e2cnn_compat.install_on_import()  # building needs the numpy-2 patches, as loading does
     model = factory(entry)()
-    return warm_batchnorm(model, (8, *entry.input_shape[1:]), seed=seed)
+    if not trained:
+        return warm_batchnorm(model, (8, *entry.input_shape[1:]), seed=seed)
+    path = weights_file(name)
+    if not path.is_file():
+        raise EqdeployError(f"trained weights of zoo model {name!r} not found at {path}",
+                            "regenerate them: python -m eqdeploy.models.zoo.train --only "
+                            f"{name} (or build(name, trained=False))")
+    model.train()  # e2cnn/escnn convs drop their expanded filters, rebuilt on eval()
+    state = model.state_dict()  # the buffers the model rebuilds (bases), then the learned
+    state.update(torch.load(path, weights_only=True))
+    model.load_state_dict(state)
+    return model.eval()
