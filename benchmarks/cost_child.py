@@ -18,19 +18,18 @@ import contextlib
 import io
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cost_probe import Probe  # noqa: E402
 
-PROGRESS = re.compile(r"^\[\s*[\d.]+s\] (.*)$")
 STAGES = [("load ", "load"), ("export to a plain graph", "export"),
           ("normalize the graph", "normalize (incl. lowering check)"),
           ("input size ", "lint, input norm, probes"),
           ("verify source and exported graph", "verify_graph"),
           ("DFQ:", "dfq"), ("INT8 parameters", "quantize (params, simulation)"),
+          ("per-layer INT8 error report", "explain (per-layer INT8 report)"),
           ("emit INT8 onnx", "emit+verify onnx (INT8 + FP32)"),
           ("emit INT8 tflite", "emit+verify tflite (INT8 + FP32)"),
           ("emit onnx", "emit+verify onnx"), ("emit tflite", "emit+verify tflite")]
@@ -48,17 +47,22 @@ def run_eqdeploy(probe: Probe, args: list[str]) -> None:
 
     echo = click.echo
 
-    def marking_echo(message=None, *a, **k):
-        text = str(message) if message is not None else ""
-        m = PROGRESS.match(text)
-        if m:
-            label = stage_of(m.group(1))
-            if label:
-                probe.clock.mark(label)
-        elif probe.clock.stage != "cli summary":
+    import eqdeploy.progress
+
+    stage_line = eqdeploy.progress.Progress.__call__
+
+    def marking_stage(self, msg: str) -> None:  # the convert command's stage lines
+        label = stage_of(msg)
+        if label:
+            probe.clock.mark(label)
+        return stage_line(self, msg)
+
+    def marking_echo(message=None, *a, **k):  # the summary printed after the stages
+        if probe.clock.stage != "cli summary":
             probe.clock.mark("cli summary")
         return echo(message, *a, **k)
 
+    eqdeploy.progress.Progress.__call__ = marking_stage
     click.echo = marking_echo
     probe.ledger.mark_on("eqdeploy.convert", "system_info", "report (json, markdown, moves)")
     probe.clock.mark("cli startup (click, eqdeploy.cli, torch)")
