@@ -2,12 +2,13 @@
 
 For each model of ``eqdeploy.models.zoo.ZOO``: build it (its committed weights, trained
 briefly on the bundled MNIST digits by ``python -m eqdeploy.models.zoo.train``), save it
-the way its registry entry says (dill / pickle whole model, state dict + ``--arch``, TorchScript + ``--group``)
-and run, in a fresh process,
+the way its registry entry says (dill / pickle whole model, state dict + ``--arch``,
+TorchScript + ``--group``) and run, in a fresh process,
 
     python -m eqdeploy.cli convert MODEL.pt <its flags> --int8 --target all ...
 
-(64 probes: the held-out bundled MNIST test digits, laid out for the model's input). The INT8
+(64 probes: the held-out bundled MNIST test digits; ``--calibration``: the bundled unlabelled
+digits; both laid out for the model's input). The INT8
 conversion also writes and verifies the FP32 artifacts. Per model and format: FP32 error vs
 the source; INT8 ONNX Runtime and LiteRT: probes whose integer output changed under every
 exact element, top-1 agreement with the FP32 source, fully integer or not (TFLite ops
@@ -192,9 +193,9 @@ def markdown(results: dict) -> str:
         "448 bundled MNIST digits: `python -m eqdeploy.models.zoo.train`) is saved as its "
         "users save it and converted in a fresh process with "
         "`python -m eqdeploy.cli convert MODEL.pt <flags> --int8 --target all --num-probes 64` "
-        "`--input-norm 0.1307:0.3081` and the 64 held-out digits as probes "
-        "(1x29x29 models: `--probes calibration/mnist29.npz`; 3x33x33: the same digits "
-        "padded and repeated over the channels, `<name>.probes.digits.npz`). "
+        "`--input-norm 0.1307:0.3081`, the 512 unlabelled digits as `--calibration` and the "
+        "64 held-out digits as probes (1x29x29 models: `calibration/mnist29.npz`; 3x33x33: "
+        "the same digits padded and repeated over the channels, `<name>.digits.npz`). "
         "Regenerate: `python benchmarks/wild_zoo.py`.", "",
         "Pairs are ONNX Runtime / LiteRT. *FP32 err*: max |artifact - source| / max |source|. "
         "*INT8 changed*: probes whose integer output changed at all under the worst exact "

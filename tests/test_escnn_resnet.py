@@ -3,8 +3,8 @@
 Cheap tests check the block structure, the settled BN statistics, the aligned input size
 and that the source models are invariant under eqdeploy's pixel actions (for D1 this pins
 escnn's flip axis to eqdeploy's: mirroring W). The slow ones save each model as a dill
-pickle and convert it (C4, D4, C8) once to INT8 ONNX and TFLite (data-free defaults; the FP32 artifacts
-are written and verified beside them): FP32 artifacts within 1e-4 of the source; INT8
+pickle and convert it (C4, D4, C8) once to INT8 ONNX and TFLite (data-free defaults; the
+FP32 artifacts are written and verified beside them): FP32 artifacts within 1e-4 of the source; INT8
 artifacts with 0 changed outputs under every exact element (for C8 the 90-degree subgroup)
 in both runtimes and within one output step of the torch simulation of the same parameters.
 """

@@ -2,9 +2,10 @@
 
 Each ``test_wild_zoo_*.py`` file star-imports this module (``__all__``: the ``test_*``
 functions, collected there) and sets ``zoo = zoo_fixture_for([...its models])``: every
-model is built, saved the way its registry entry says and converted once with the CLI
-(``eqdeploy convert ... --int8 --target all``, in process), and every test reads that one
-report. What issue 11 requires of every zoo model:
+model is built (its committed trained weights), saved the way its registry entry says and
+converted once with the CLI (``eqdeploy convert ... --int8 --target all``, in process, with
+the digits of ``save.convert_argv``: calibration and held-out probes), and every test reads
+that one report. What issue 11 requires of every zoo model:
 
 - FP32 artifacts equal to the source (1e-4) and equivariant;
 - INT8 in both runtimes: 0 probes changed under every exact group element;
@@ -102,7 +103,8 @@ def test_int8_outputs_unchanged_under_every_exact_element(runtime, zoo):
 # goes when its model passes. None: with seeded random weights, rot_kernel_cnn (0.9375),
 # wrn_d8_d4 (0.875 on noise probes), escnn_d8_steerable (0.953/0.938) and c8_steerable on
 # LiteRT (0.969) failed on FP32 decisions that nearly tie; the zoo's models are trained
-# (``eqdeploy.models.zoo.train``) and probed with held-out digits, and all agree >= 0.97.
+# (``eqdeploy.models.zoo.train``), calibrated on the bundled unlabelled digits and probed
+# with held-out ones, and all agree >= 0.97.
 NEAR_TIES: dict[tuple[str, str], str] = {}
 
 

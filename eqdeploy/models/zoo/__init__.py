@@ -8,10 +8,12 @@ model the same way from its seeded random initialisation (``train.train_on_digit
 30 epochs of Adam on the bundled labelled MNIST digits the conversions do not probe with,
 laid out for its input, then BatchNorm statistics measured on the unlabelled digits).
 Random weights give FP32 decisions that nearly tie, which INT8 rounding flips although
-the conversion is accurate. ``ZOO`` lists each model with its factory (also its ``--arch``
-value), the group its conversion verifies, its input shape, how a user saves it and the
-CLI flags its conversion needs; ``build`` makes one, ``eqdeploy.models.zoo.save.save_as_user``
-saves it as the user would.
+the conversion is accurate; the zoo's conversions (``save.convert_argv``) calibrate on the
+unlabelled digits and probe with held-out ones, as a user of a trained model would.
+``ZOO`` lists each model with its factory (also its ``--arch`` value), the group its
+conversion verifies, its input shape, how a user saves it and the CLI flags its conversion
+needs; ``build`` makes one, ``eqdeploy.models.zoo.save.save_as_user`` saves it as the user
+would.
 
 Importing this package imports neither e2cnn nor escnn (the factories are named by string):
 the model modules import their library the way a user's file does, without eqdeploy's

@@ -8,8 +8,8 @@ random images, spatially correlated unlike white noise, for an input no digit fi
 training on them leaves them; ``train.train_on_digits`` ends with it. ``warm_batchnorm``
 gives an untrained model (``build(name, trained=False)``) random affine BatchNorm parameters
 away from 1 and 0 and those statistics. Statistics from other images than the probes'
-(the bundled ``test`` digits) make a data-free conversion quantize for the wrong
-distribution.
+(the bundled ``test`` digits) make a data-free conversion (ranges distilled from them)
+quantize for the wrong distribution.
 """
 
 from __future__ import annotations

@@ -161,6 +161,8 @@ def wrn_d4() -> WideResNet:
 
 
 def wrn_d8_d4() -> WideResNet:
-    """D8 first stage, restricted to D4 (``RestrictionModule`` + ``DisentangleModule``)."""
+    """D8 first stage, restricted to D4 (``RestrictionModule`` + ``DisentangleModule``),
+    without dropout (e2wrn's ``dropout_rate=0``): with 0.3 its brief training reached 78% on
+    the held-out digits and INT8 flipped 2 of 64 near-tie decisions."""
     torch.manual_seed(22)
-    return WideResNet(N=8, r=2)
+    return WideResNet(N=8, r=2, dropout_rate=0.0)

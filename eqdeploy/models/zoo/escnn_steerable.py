@@ -22,9 +22,10 @@ class D8SteerableCNN(torch.nn.Module):
     """The notebook's six blocks over D8 (regular fields per block ``widths``; the notebook
     uses 24, 48, 48, 96, 96, 64). ``GroupPooling`` leaves one invariant per field of the last
     block, the head's input: 8 of them (with 2, ten digits crowd a plane and the trained
-    model's decisions nearly tie)."""
+    model's decisions nearly tie; with 1, 2, 2, 2, 3, 8 it reached 81% on the held-out
+    digits and INT8 flipped 2 of 64 near-tie decisions)."""
 
-    def __init__(self, n_classes: int = 10, widths=(1, 2, 2, 2, 3, 8)) -> None:
+    def __init__(self, n_classes: int = 10, widths=(2, 3, 3, 4, 4, 8)) -> None:
         super().__init__()
         self.r2_act = gspaces.flipRot2dOnR2(N=8)
         in_type = nn.FieldType(self.r2_act, [self.r2_act.trivial_repr])

@@ -4,11 +4,13 @@
 fails on their local lambdas); ``pickle``: ``torch.save(model, f)``; ``state_dict``:
 ``torch.save(model.state_dict(), f)``, converted with ``--arch <factory>``;
 ``torchscript``: ``torch.jit.trace(model, x).save(f)``, converted with ``--group``.
-``convert_argv`` is the ``eqdeploy convert`` command line the zoo's benchmark and tests run:
-64 probes, the first 64 bundled MNIST test digits (held out from the zoo's training,
-``train.PROBES``) and their normalization: the bundled file itself for 1x29x29 models; for
-other inputs a digit fits (3x33x33), ``save_as_user`` writes them laid out for the input
-(``common.digit_images``) beside the model as ``<name>.probes.digits.npz``.
+``convert_argv`` is the ``eqdeploy convert`` command line the zoo's benchmark and tests run,
+as a user converting a trained digit model with its data would: the digits' normalization,
+activation ranges calibrated on the bundled unlabelled ``calib`` digits, and 64 probes, the
+first 64 bundled ``test`` digits (held out from the zoo's training, ``train.PROBES``). The
+bundled file serves as is for 1x29x29 models; for other inputs a digit fits (3x33x33),
+``save_as_user`` writes both splits laid out for the input (``common.digit_images``) beside
+the model as ``<name>.digits.npz`` (keys ``test`` and ``calib``, as the bundled file).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def save_as_user(entry: ZooModel, model: nn.Module, directory: Path,
         raise EqdeployError(f"unknown save format {how!r}", f"use one of {SAVE_FORMATS}")
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{entry.name}.pt"
-    write_digit_probes(entry, directory)
+    write_digits(entry, directory)
     model = model.eval()
     shape = ",".join(str(n) for n in entry.input_shape)
     args = ["--input-shape", shape, *entry.flags]
@@ -55,45 +57,55 @@ def save_as_user(entry: ZooModel, model: nn.Module, directory: Path,
     return path, args
 
 
-def digit_probes_file(entry: ZooModel, directory: Path) -> Path | None:
-    """Where ``save_as_user`` writes the digit probes laid out for the entry's input;
-    ``None`` when the bundled file serves as is (1x29x29) or no digit fits the input."""
+def digits_file(entry: ZooModel, directory: Path) -> Path | None:
+    """Where ``save_as_user`` writes the digits laid out for the entry's input; ``None``
+    when the bundled file serves as is (1x29x29) or no digit fits the input."""
     from eqdeploy.models.zoo.common import digit_images
 
     shape = tuple(entry.input_shape[1:])
     if shape == (1, 29, 29) or digit_images(torch.zeros(1, 1, 29, 29), shape) is None:
         return None
-    return directory / f"{entry.name}.probes.digits.npz"
+    return directory / f"{entry.name}.digits.npz"
 
 
-def write_digit_probes(entry: ZooModel, directory: Path) -> None:
-    """The first ``PROBES`` bundled test digits laid out for the entry's input, as
-    ``digit_probes_file`` (key ``inputs``), where the bundled file does not serve."""
+def write_digits(entry: ZooModel, directory: Path) -> None:
+    """The first ``PROBES`` bundled test digits (``test``) and the calibration digits
+    (``calib``) laid out for the entry's input, as ``digits_file``, where the bundled file
+    does not serve."""
     import numpy as np
 
     from eqdeploy.models.zoo.common import digit_images
 
-    path = digit_probes_file(entry, directory)
+    path = digits_file(entry, directory)
     if path is None:
         return
+    shape = tuple(entry.input_shape[1:])
     with np.load(MNIST29) as data:
-        digits = torch.from_numpy(data["test"][:PROBES])
-    np.savez(path, inputs=digit_images(digits, tuple(entry.input_shape[1:])).numpy())
+        test, calib = (torch.from_numpy(data[k]) for k in ("test", "calib"))
+    np.savez(path, test=digit_images(test[:PROBES], shape).numpy(),
+             calib=digit_images(calib, shape).numpy())
 
 
-def probe_args(entry: ZooModel, directory: Path) -> list[str]:
-    """Probe inputs for the zoo's conversions of a model saved in ``directory``: the
-    bundled MNIST test digits, laid out for the input where it is not 1x29x29
-    (``digit_probes_file``), with their normalization; seeded noise where no digit fits."""
+def data_args(entry: ZooModel, directory: Path) -> list[str]:
+    """Inputs of the zoo's conversions of a model saved in ``directory``: the bundled MNIST
+    digits (laid out for the input where it is not 1x29x29, ``digits_file``) as probes and
+    calibration, with their normalization; seeded noise probes, data-free ranges where no
+    digit fits."""
     args = ["--num-probes", str(PROBES)]
-    layout = digit_probes_file(entry, directory)
+    layout = digits_file(entry, directory)
     if layout is not None or entry.input_shape[1:] == (1, 29, 29):
-        args += ["--probes", str(layout or MNIST29), "--input-norm", f"{MNIST_MEAN}:{MNIST_STD}"]
+        digits = str(layout or MNIST29)
+        args += ["--probes", digits, "--calibration", digits,
+                 "--input-norm", f"{MNIST_MEAN}:{MNIST_STD}"]
     return args
 
 
 def convert_argv(entry: ZooModel, path: Path, file_args: list[str], outdir: Path,
                  int8: bool = True, target: str = "all") -> list[str]:
     """``eqdeploy convert`` arguments for a file saved by ``save_as_user``."""
-    return ["convert", str(path), *file_args, *probe_args(entry, path.parent),
+    data = data_args(entry, path.parent)
+    if not int8 and "--calibration" in data:  # an INT8-only option
+        i = data.index("--calibration")
+        data = data[:i] + data[i + 2:]
+    return ["convert", str(path), *file_args, *data,
             *(["--int8"] if int8 else []), "--target", target, "-o", str(outdir)]
