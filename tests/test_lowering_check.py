@@ -73,3 +73,29 @@ def test_the_check_leaves_the_program_as_it_was():
     tflite_unlowerable(program)
     onnx_unlowerable(program)
     assert [(n.name, n.target) for n in program.graph.nodes] == before
+
+
+@torch.library.custom_op("eqdeploy_test::wobble", mutates_args=())
+def wobble(x: torch.Tensor) -> torch.Tensor:
+    """An op neither converter knows (a user's custom kernel)."""
+    return x * torch.sigmoid(x).round()
+
+
+@wobble.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+class CustomOp(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return wobble(F.relu(x))
+
+
+def test_a_custom_op_stops_with_the_node_and_the_source_line():
+    with pytest.raises(EqdeployError) as e:
+        check_support(_program(CustomOp()), ["onnx", "tflite"])
+    msg = str(e.value)
+    assert "converter cannot lower eqdeploy_test.wobble" in msg
+    assert "test_lowering_check.py:" in msg and "wobble(F.relu(x))" in msg
+    assert "--target" not in msg  # neither converter can: no other target to suggest
+    assert "\n" not in msg
