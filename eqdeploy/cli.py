@@ -134,6 +134,13 @@ Examples:
 @click.option("--explain", is_flag=True,
               help="Add sensitivities to the per-layer INT8 report: the output SQNR with only "
                    "one tensor, or one layer's weights, quantized (a simulation each).")
+@click.option("--ort-weights", type=click.Choice(["u8", "s8"]), default="u8",
+              show_default=True,
+              help="INT8 ONNX weight encoding (same int8 values and scales): u8 = zero point "
+                   "128, ORT's u8u8 kernels, bit-exact on every CPU measured; s8 = zero point "
+                   "0, ORT's u8s8 kernels, 1.4-2.3x faster and bit-exact on CPUs with VNNI "
+                   "(AVX-512 VNNI / AVX-VNNI) but saturating on AVX2-only x86: check with "
+                   "'eqdeploy bench' on the device.")
 @click.option("--probes", "probe_inputs", type=click.Path(exists=False), default=None,
               help="Real probe inputs (.npz or image folder) to verify with [default: "
                    "seeded noise].")
@@ -157,7 +164,8 @@ Examples:
 def convert(ctx, model, target, outdir, input_shape, arch, group, int8, per_tensor, float_io,
             calibration, data_free,
             input_norm, no_dfq, no_cle, no_absorb, no_bias_correction, orbit_agnostic,
-            absorb_padded, ranges, explain, probe_inputs, n_probes, tap, allow_misaligned,
+            absorb_padded, ranges, explain, ort_weights, probe_inputs, n_probes, tap,
+            allow_misaligned,
             allow_broken, mask_radius, force):
     """Convert an equivariant MODEL to a plain conv network and write verified artifacts.
 
@@ -182,7 +190,7 @@ def convert(ctx, model, target, outdir, input_shape, arch, group, int8, per_tens
                   data_free=data_free, input_norm=parse_norm(input_norm),
                   probe_inputs=Path(probe_inputs) if probe_inputs else None, tap=tap,
                   force=force, mask_radius=check_mask_radius(mask_radius), ranges=ranges,
-                  explain=explain)
+                  explain=explain, ort_weights=ort_weights)
     dfq_kwargs = dict(enabled=not no_dfq, cle=not no_cle, absorb=not no_absorb,
                       bias_correction=not no_bias_correction, orbit_agnostic=orbit_agnostic,
                       weights="per_tensor" if per_tensor else "per_channel",

@@ -90,6 +90,7 @@ class ConvertOptions:
     mask_radius: float | None = None  # interpolated elements' disc [default: the spec's, 1.0]
     ranges: str = "minmax"  # activation ranges over calibration inputs: minmax|percentile|mse
     explain: bool = False  # per-layer report with sensitivities (one simulation per tensor)
+    ort_weights: str = "u8"  # INT8 ONNX weights: "u8" (u8u8 kernels) | "s8" (u8s8, VNNI)
     force: bool = False  # replace files in outdir that no earlier eqdeploy report lists
 
 
@@ -271,8 +272,9 @@ def _emit_artifact(target: str, path: Path, job: _Emission, probes: np.ndarray,
         info = module.emit(job.plain, path, batch=batch)
         info["seconds"] = round(time.perf_counter() - t, 2)
         return [_verified(target, path, job, info, probes, options, batch, quant=False)]
+    extra = {"ort_weights": options.ort_weights} if target == "onnx" else {}
     info = module.emit_int8(job.quant_model, job.params, path, batch=batch,
-                            float_io=options.float_io)
+                            float_io=options.float_io, **extra)
     info["seconds"] = round(time.perf_counter() - t, 2)
     fp32 = path.with_name(f"{path.stem}.fp32{path.suffix}")
     t = time.perf_counter()

@@ -31,7 +31,7 @@ MAX_PROBE_VALUES = 1 << 28  # all probes together: 1 GB as float32
 MAX_NORMALIZED = 1e6  # |(pixel - mean) / std| for pixels in [0, 1]
 INT8_ONLY = ("--per-tensor", "--float-io", "--calibration", "--data-free", "--no-dfq",
              "--no-cle", "--no-absorb", "--no-bias-correction", "--orbit-agnostic",
-             "--absorb-padded", "--ranges", "--explain")
+             "--absorb-padded", "--ranges", "--explain", "--ort-weights")
 SHAPE_EXAMPLE = "e.g. --input-shape 1,1,29,29"
 
 
@@ -159,7 +159,8 @@ def int8_flags_of(options: Any) -> list[str]:
         ("--no-cle", dfq is not None and not dfq.cle),
         ("--no-absorb", dfq is not None and not dfq.absorb),
         ("--no-bias-correction", dfq is not None and not dfq.bias_correction),
-        ("--orbit-agnostic", dfq is not None and dfq.orbit_agnostic)) if on]
+        ("--orbit-agnostic", dfq is not None and dfq.orbit_agnostic),
+        ("--ort-weights", getattr(options, "ort_weights", "u8") != "u8")) if on]
 
 
 def check_flags(options: Any, given: list[str]) -> None:
@@ -175,6 +176,9 @@ def check_flags(options: Any, given: list[str]) -> None:
     if options.float_io and "tflite" not in options.targets:
         raise EqdeployError("--float-io applies to the TFLite artifact (QDQ ONNX always has "
                             "float I/O)", "add --target tflite or all, or drop --float-io")
+    if getattr(options, "ort_weights", "u8") != "u8" and "onnx" not in options.targets:
+        raise EqdeployError("--ort-weights applies to the ONNX artifact",
+                            "add --target onnx or all, or drop --ort-weights")
     if getattr(options, "allow_broken", False) and not options.group:
         raise EqdeployError("--allow-broken applies to layout discovery with --group",
                             "add --group NAME, or drop --allow-broken")

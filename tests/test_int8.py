@@ -58,6 +58,9 @@ def test_int8_artifacts_are_bit_exact_and_faithful(name, runtime, int8_converted
     assert report["quantization"]["params"]["scheme"]["ranges_from"] == "distilled"
     assert row["top1_agreement_vs_source"] >= 0.97
     assert row["max_steps_vs_simulation"] <= 1.0 + 1e-3
+    if runtime == "onnxruntime":  # the portable default, and the report says why
+        art = next(a for a in report["artifacts"] if a["file"] == f"{name}.onnx")
+        assert art["ort_weight_kernel"] == "u8u8" and "every CPU" in art["ort_weight_kernel_why"]
     assert row["max_steps_vs_fp32"] >= row["max_steps_vs_simulation"]  # measured, not 0
 
 

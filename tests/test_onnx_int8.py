@@ -196,3 +196,37 @@ def test_reduce_range_needs_adapted_params(int8, tmp_path):
         np.testing.assert_allclose(adapted.weights[k], np.asarray(v) * 127 / 63)
     assert adapted.activations == qp.activations
     assert T.adapt_qparams_for_ort(qp, False) is qp
+
+
+def test_s8_weights_on_request_are_verified_and_reported(tmp_path):
+    """``--ort-weights s8``: the same int8 weights with zero point 0 (ORT's u8s8 kernels),
+    the kernel and why in the report; verified like every artifact (exact where the CPU has
+    VNNI); s8 without an ONNX target is refused up front, writing nothing."""
+    import json
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from eqdeploy.cli import main
+    from eqdeploy.datasets import MNIST29
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "c4_cnn.pt"
+    args = ["convert", str(example), "--arch", "eqdeploy.models.reference:c4_cnn",
+            "--input-shape", "1,1,29,29", "--int8", "--calibration", str(MNIST29),
+            "--probes", str(MNIST29), "--input-norm", "0.1307:0.3081", "--ort-weights", "s8"]
+    refused = CliRunner().invoke(main, [*args, "--target", "tflite", "-o", str(tmp_path / "no")])
+    assert refused.exit_code == 2, refused.output
+    assert "--ort-weights applies to the ONNX artifact" in refused.output
+    assert not (tmp_path / "no").exists()
+    res = CliRunner().invoke(main, [*args, "--target", "onnx", "-o", str(tmp_path / "s8")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "s8" / "c4_cnn.report.json").read_text())
+    art = next(a for a in report["artifacts"] if a["file"] == "c4_cnn.onnx")
+    assert art["weight_type"] == "QInt8" and art["ort_weight_kernel"] == "u8s8"
+    assert "VNNI" in art["ort_weight_kernel_why"]
+    assert T.artifact_meta(tmp_path / "s8" / "c4_cnn.onnx")["weight_type"] == "QInt8"
+    assert "u8s8 kernels" in (tmp_path / "s8" / "c4_cnn.report.md").read_text()
+    row = next(v for v in report["verification"] if v.get("artifact") == "c4_cnn.onnx")
+    if _has_vnni():
+        assert [r["changed"] for r in row["equivariance"]] == [0, 0, 0]
+    assert row["top1_agreement_vs_source"] >= 0.9

@@ -64,6 +64,10 @@ def _int8_sections(report: dict) -> list[str]:
                      f"{_steps(v.get('max_steps_vs_simulation'))} | {a['bytes']} | "
                      f"{a.get('size_ratio_vs_fp32', '-')} | {_integer(a)} | "
                      f"{'/'.join(io['inputs'])} -> {'/'.join(io['outputs'])} |")
+    for a in report["artifacts"]:
+        if a.get("ort_weight_kernel"):
+            lines += ["", f"{a['file']}: ORT {a['ort_weight_kernel']} kernels; "
+                          f"{a['ort_weight_kernel_why']}."]
     q = report["quantization"]["params"]
     sch = q["scheme"]
     dfq = report["quantization"]["dfq"]

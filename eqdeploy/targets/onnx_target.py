@@ -66,8 +66,17 @@ def add_manifest(model: onnx.ModelProto, text: str) -> None:
     entry.key, entry.value = SCHEMA, text
 
 
+ORT_WEIGHTS = {  # --ort-weights -> ONNX weight type, ORT kernel, why
+    "u8": ("QUInt8", "u8u8", "weights stored with zero point 128: ORT's u8u8 kernels widen to "
+           "16 bits before multiplying, so results are exact on every CPU (default)"),
+    "s8": ("QInt8", "u8s8", "weights stored with zero point 0 (--ort-weights s8): ORT's u8s8 "
+           "kernels are exact only with VNNI (AVX-512 VNNI / AVX-VNNI); on AVX2-only x86 "
+           "they saturate int16 pair sums: verify with 'eqdeploy bench' on the device"),
+}
+
+
 def emit_int8(plain: PlainModel, qp, path: Path, batch: int = 1, fp32: Path | None = None,
-              float_io: bool = True) -> dict:
+              float_io: bool = True, ort_weights: str = "u8") -> dict:
     """QDQ ONNX with the given parameter set, run by ORT's integer kernels (``onnx_int8``);
     ``fp32``: this model's FP32 ONNX if already written (saves an export). QDQ models take
     and return float32 (their first QuantizeLinear and last DequantizeLinear are the
@@ -75,7 +84,10 @@ def emit_int8(plain: PlainModel, qp, path: Path, batch: int = 1, fp32: Path | No
     from eqdeploy.targets.onnx_int8 import compare_qparams, float_ops_of, optimized_ops
     from eqdeploy.targets.onnx_int8 import emit_int8 as _emit_int8
 
-    info = _emit_int8(plain, qp, path, batch=batch, fp32=fp32)  # manifest included
+    weight_type, kernel, why = ORT_WEIGHTS[ort_weights]
+    info = _emit_int8(plain, qp, path, batch=batch, fp32=fp32,  # manifest included
+                      weight_type=weight_type)
+    info["ort_weight_kernel"], info["ort_weight_kernel_why"] = kernel, why
     mismatches = compare_qparams(path, qp, plain.spec)
     if mismatches:
         raise EqdeployError(f"the INT8 ONNX does not carry the parameter set ({mismatches[0]})",
