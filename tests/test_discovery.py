@@ -261,3 +261,16 @@ def test_functional_conv3d_over_stacked_copies_becomes_conv2d():
     targets = [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
     assert "aten.conv2d.default" in targets and not [t for t in targets if "conv3d" in t]
     assert (gm(x) - Net()(x)).abs().max() <= 1e-5
+
+
+def test_trivial_group_gives_every_tensor_its_channels():
+    """``--group C1`` (a conventional CNN beside equivariant ones, as the real-data tables
+    convert it): no generator moves anything, every tensor keeps its own channels."""
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 6, 3), torch.nn.BatchNorm2d(6), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 3)).eval()
+    pm = discover_plain(model, torch.zeros(1, 1, 9, 9), "C1")
+    assert pm.spec.group.name == "C1"
+    convs = [n.name for n in pm.program.graph.nodes if n.target == torch.ops.aten.conv2d.default]
+    assert pm.spec.tensors[convs[0]].channels == 6 and pm.spec.tensors[convs[0]].spatial
+    assert pm.spec.output.channels == 3 and not pm.spec.output.spatial

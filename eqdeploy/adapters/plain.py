@@ -384,6 +384,11 @@ def discover_layouts(program: torch.export.ExportedProgram, group: Group,
                 _match_tensor(t, tensors, val.numpy(), base[name], el, key, tol)
 
         _run(gm, apply_pixel_action(x, el), names, check)
+    if not gen_elements:  # the trivial group (C1) moves nothing: every tensor as it is
+        ident = Element(0, 0, group.rotations)
+        for t in tensors.values():
+            views = candidate_views(t.shape, ident)
+            t.view = next((v for v in views if v.is_channel_first(t.shape)), views[0])
 
     # compose perms over the exact subgroup, checking they form a representation
     n = group.rotations
