@@ -70,9 +70,11 @@ def header(res: dict, smoke: bool) -> list[str]:
     lines += [
         f"Regenerate: `{COMMAND}` (training is cached under `benchmarks/results/cache/`; a "
         f"re-run only converts and evaluates). Run {m['date']}: **{m['wall_seconds'] / 60:.1f} "
-        f"min wall, {m['cpu_seconds'] / 60:.1f} min CPU** of this process (load average at the "
-        f"end {', '.join(f'{x:.1f}' for x in (m.get('load_average_end') or []))}; trained "
-        f"this run: {', '.join(m['trained_this_run']) or 'none (all cached)'}).",
+        f"min wall, {m['cpu_seconds'] / 60:.1f} min CPU** of this process and its training "
+        f"workers (load average at the end "
+        f"{', '.join(f'{x:.1f}' for x in (m.get('load_average_end') or []))}; trained "
+        f"this run: {', '.join(m['trained_this_run']) or 'none (all cached)'})."
+        + (f" {m['note']}" if m.get("note") else ""),
         "",
         f"Machine: {mach.get('cpu_model')}, {mach.get('cores')} cores, {mach.get('os')}; ISA: "
         f"{', '.join(isa) or '-'}" + (f" (not present: {', '.join(no)})" if no else "") + ".",
