@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 PROBES = 64  # the conversions probe with test[:PROBES]: never trained on
+EPOCHS = 30
 
 
 def training_digits(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +37,7 @@ def training_digits(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def train_on_digits(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0,
-                    epochs: int = 30, batch: int = 32, lr: float = 1e-2) -> nn.Module:
+                    epochs: int = EPOCHS, batch: int = 32, lr: float = 1e-2) -> nn.Module:
     """Train ``model`` (10 outputs, inputs ``input_shape`` (N, C, H, W)) for ``epochs``
     epochs on ``training_digits``, seeded; re-measure its BatchNorm statistics on the
     ``calib`` digits; returns it in eval mode."""
@@ -61,7 +62,6 @@ def train_on_digits(model: nn.Module, input_shape: tuple[int, ...], seed: int = 
 
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-EPOCHS = 30
 
 
 def weights_file(name: str) -> Path:
