@@ -91,7 +91,7 @@ def bench_model(name: str, pm, n_eval: int, tables: dict) -> list[dict]:
     variants = [("FP32", None, fp32, folded)]  # (label, dfq info, function, graph for taps)
     for mode, opt in MODES.items():
         t0 = time.perf_counter()
-        new, rep, ref = run_dfq_with_reference(pm, opt, inputs=None if mode == "naive" else cal)
+        new, rep, ref, _ = run_dfq_with_reference(pm, opt, inputs=None if mode == "naive" else cal)
         dfq_s = time.perf_counter() - t0
         qp = compute_qparams(new, per_channel=False, calibration=cal)
         sim = simulate_with(new, qp)

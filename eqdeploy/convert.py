@@ -175,10 +175,11 @@ def _quantize(plain: PlainModel, options: ConvertOptions, shape, probes, source_
                              on_step=lambda i, n, loss: stage.detail(
                                  f"distilling inputs: step {i}/{n}, BN loss {loss:.3g}"))
     if options.dfq.enabled:  # inputs, when there are: empirical bias correction
-        folded, dfq_report, reference = run_dfq_with_reference(plain, options.dfq, cal)
+        folded, dfq_report, reference, bn_folded = run_dfq_with_reference(plain, options.dfq,
+                                                                          cal)
     else:  # integer kernels have no BN: fold it even without DFQ
         folded, fold_report = fold_batchnorm(plain)
-        reference = folded
+        reference = bn_folded = folded
         dfq_report = {"skipped": "--no-dfq", "passes": {"fold": fold_report}}
     timings["dfq"] = time.perf_counter() - t
     t = stage("INT8 parameters (" + ("calibration" if options.calibration else
@@ -212,7 +213,7 @@ def _quantize(plain: PlainModel, options: ConvertOptions, shape, probes, source_
     per_layer = explain(folded, qp, probes[:EXPLAIN_PROBES], reference,
                         sensitivity=options.explain)
     timings["explain"] = time.perf_counter() - t
-    return {"model": folded, "params": qp, "dfq_report": dfq_report,
+    return {"model": folded, "params": qp, "dfq_report": dfq_report, "bn_folded": bn_folded,
             "simulation_out": sim_out, "simulation_row": row, "output_step": out_step,
             "per_layer": per_layer, "ranges": range_report or None}
 
@@ -236,7 +237,8 @@ class _Emission:
     """One artifact to write per target: what to emit and what to verify it against."""
 
     file: str
-    plain: PlainModel  # FP32 graph (emitted as is, or the size reference of the INT8 one)
+    plain: PlainModel  # FP32 graph (emitted as is without INT8; its spec either way)
+    fp32_counterpart: PlainModel  # beside INT8: the BN-folded graph (the INT8 graph's ops)
     quant_model: PlainModel | None  # BN-folded graph for INT8, with ``params``
     params: QuantParams | None
     reference: np.ndarray  # what the artifact is compared with on the probes
@@ -251,14 +253,14 @@ def _taps(plain: PlainModel, tap: str, plain_tap: PlainModel, quant: dict | None
     """The tap's emission: cut from the same (quantized) graph with the same parameters."""
     ref = _torch_fn(plain_tap.module())(probes)
     if quant is None:
-        return [_Emission("", plain_tap, None, None, ref, ref, None, 0.0, "tap")]
+        return [_Emission("", plain_tap, plain_tap, None, None, ref, ref, None, 0.0, "tap")]
     from eqdeploy.graph_layouts import output_node
 
     qtap, names = truncate(quant["model"], follow_tap(plain, tap, quant["model"]))
     qp = renamed_params(quant["params"], names)
     step = qp.act_for(output_node(qtap.program.graph_module).name)[0]
     # reference: the FP32 graph after DFQ (equalization rescales the tap per field)
-    return [_Emission("", plain_tap, qtap, qp, _torch_fn(qtap.module())(probes), ref,
+    return [_Emission("", plain_tap, plain_tap, qtap, qp, _torch_fn(qtap.module())(probes), ref,
                       simulate_with(qtap, qp).numpy(probes), step, "tap")]
 
 
@@ -273,13 +275,9 @@ def _emit_artifact(target: str, path: Path, job: _Emission, probes: np.ndarray,
         info["seconds"] = round(time.perf_counter() - t, 2)
         return [_verified(target, path, job, info, probes, options, batch, quant=False)]
     extra = {"ort_weights": options.ort_weights} if target == "onnx" else {}
-    info = module.emit_int8(job.quant_model, job.params, path, batch=batch,
-                            float_io=options.float_io, **extra)
-    info["seconds"] = round(time.perf_counter() - t, 2)
     fp32 = path.with_name(f"{path.stem}.fp32{path.suffix}")
-    t = time.perf_counter()
-    info32 = module.emit(job.plain, fp32, batch=batch)  # BN unfolded, as without --int8
-    info32["seconds"] = round(time.perf_counter() - t, 2)
+    info, info32 = module.emit_pair(job.quant_model, job.params, path, job.fp32_counterpart,
+                                    fp32, batch=batch, float_io=options.float_io, **extra)
     info["fp32_file"], info["fp32_bytes"] = fp32.name, fp32.stat().st_size
     info["size_ratio_vs_fp32"] = round(path.stat().st_size / fp32.stat().st_size, 4)
     pair32 = _verified(target, fp32, job, info32, probes, options, batch, quant=False)
@@ -294,7 +292,7 @@ def _verified(target: str, path: Path, job: _Emission, info: dict, probes: np.nd
     ``fp32``: the verified row of the INT8 artifact's FP32 counterpart (interpolated ratios,
     and the reference errors its probe file carries for ``bench``)."""
     runner = open_artifact(path)
-    deployed = job.quant_model.spec if quant else job.plain.spec
+    deployed = job.quant_model.spec if quant else job.fp32_counterpart.spec
     if read_spec(path, runner).to_json() != deployed.to_json():
         raise CheckFailed(f"the manifest read back from {path.name} differs",
                           "report this to eqdeploy")
@@ -473,6 +471,7 @@ def _convert(model_path: str | Path, options: ConvertOptions,
         artifacts = []
         for target in options.targets:
             main = _Emission(f"{name}{TARGETS[target]}", plain,
+                             quant["bn_folded"] if quant else plain,
                              quant["model"] if quant else None,
                              quant["params"] if quant else None, source_out, source_out,
                              quant["simulation_out"] if quant else None,

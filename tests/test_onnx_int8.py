@@ -230,3 +230,61 @@ def test_s8_weights_on_request_are_verified_and_reported(tmp_path):
     if _has_vnni():
         assert [r["changed"] for r in row["equivariance"]] == [0, 0, 0]
     assert row["top1_agreement_vs_source"] >= 0.9
+
+
+def _initializers(path) -> dict[str, np.ndarray]:
+    import onnx
+
+    model = onnx.load(str(path))
+    return {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def test_one_export_serves_the_fp32_counterpart_and_the_int8_artifact(reference_models,
+                                                                       tmp_path):
+    """DFQ changes values, not ops: the INT8 ONNX made from the FP32 counterpart's export
+    with the DFQ graph's parameters is the INT8 ONNX of its own export, to the byte of every
+    initializer; the counterpart is the BN-folded graph's own export."""
+    import torch
+
+    from eqdeploy.dfq import run_dfq_with_reference
+    from eqdeploy.export import export_equivariant
+    from eqdeploy.quantize.params import compute_qparams
+    from eqdeploy.targets import onnx_target
+
+    plain = export_equivariant(reference_models["c4_cnn"], torch.zeros(1, 1, 29, 29))
+    run = run_dfq_with_reference(plain)
+    qp = compute_qparams(run.model, calibration=_probes(29, 32, seed=0))
+    shared, shared32 = tmp_path / "shared.onnx", tmp_path / "shared.fp32.onnx"
+    info, _ = onnx_target.emit_pair(run.model, qp, shared, run.folded, shared32)
+    assert info["fp32_export_shared"] is True
+    own, own32 = tmp_path / "own.onnx", tmp_path / "own.fp32.onnx"
+    T.emit_int8(run.model, qp, own)
+    onnx_target.emit(run.folded, own32)
+    for a, b in ((shared, own), (shared32, own32)):
+        x, y = _initializers(a), _initializers(b)
+        assert x.keys() == y.keys()
+        assert all(x[k].dtype == y[k].dtype and np.array_equal(x[k], y[k]) for k in x)
+    # the DFQ moved the weights: the INT8 model does not carry the counterpart's
+    moved = [k for k, v in run.model.program.state_dict.items()
+             if not torch.equal(v, run.folded.program.state_dict[k])]
+    assert moved and all(not np.array_equal(_initializers(shared32)[k],
+                                            run.model.program.state_dict[k].detach().numpy())
+                         for k in moved)
+
+
+def test_reweighting_refuses_other_graphs_and_computed_constants(reference_models):
+    """No re-weighting across different ops, or when a float initializer is not a parameter
+    (a constant the exporter computed from one would stay stale)."""
+    import torch
+
+    from eqdeploy.dfq import run_dfq_with_reference
+    from eqdeploy.export import export_equivariant
+    from eqdeploy.targets import onnx_target
+
+    plain = export_equivariant(reference_models["c4_cnn"], torch.zeros(1, 1, 29, 29))
+    run = run_dfq_with_reference(plain)
+    program = onnx_target.export(run.folded)
+    assert onnx_target.reweighted(program, run.folded, plain) is None  # BN still there
+    name = next(k for k in program.model.graph.initializers if k.endswith("weight"))
+    program.model.graph.initializers[name].name = "folded_constant"
+    assert onnx_target.reweighted(program, run.folded, run.model) is None

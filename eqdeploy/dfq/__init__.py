@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from eqdeploy.dfq.equalize import equalize
 from eqdeploy.dfq.fold import fold_batchnorm, replace_relu6
 from eqdeploy.export import PlainModel
 
-__all__ = ["DfqOptions", "run_dfq", "run_dfq_with_reference", "fold_batchnorm",
+__all__ = ["DfqOptions", "DfqRun", "run_dfq", "run_dfq_with_reference", "fold_batchnorm",
            "replace_relu6", "equalize", "absorb_high_bias", "correct_bias"]
 
 
@@ -41,25 +42,36 @@ class DfqOptions:
     absorb_padded: str = "exact"  # zero-padded consumers: never | measured | exact | always
 
 
+class DfqRun(NamedTuple):
+    """What ``run_dfq_with_reference`` returns."""
+
+    model: PlainModel  # after every enabled pass: the graph to quantize
+    report: dict
+    reference: PlainModel  # before bias correction: the FP32 function INT8 must reproduce
+    folded: PlainModel  # after BN folding only: the source's FP32 function, same ops
+
+
 def run_dfq(pm: PlainModel, options: DfqOptions | None = None,
             inputs: np.ndarray | None = None) -> tuple[PlainModel, dict]:
     """Run the enabled passes in order; the report has one section per pass. ``inputs``
     (calibration or distilled inputs), when given, make bias correction empirical and set the
     constants of exact absorption to their tensors' measured maxima."""
-    model, report, _ = run_dfq_with_reference(pm, options, inputs)
-    return model, report
+    run = run_dfq_with_reference(pm, options, inputs)
+    return run.model, run.report
 
 
 def run_dfq_with_reference(pm: PlainModel, options: DfqOptions | None = None,
                            inputs: np.ndarray | None = None
-                           ) -> tuple[PlainModel, dict, PlainModel]:
+                           ) -> DfqRun:
     """``run_dfq`` plus the graph before bias correction: the FP32 function the INT8 model
     must reproduce (folding, CLE and absorption keep it; bias correction moves FP32 biases
-    on purpose), with the same node names, for per-layer comparisons."""
+    on purpose), with the same node names, for per-layer comparisons; and the graph right
+    after BN folding (the FP32 counterpart of an INT8 artifact: the source's function with
+    the INT8 graph's ops unless ReLU6 was replaced)."""
     opt = options or DfqOptions()
     report: dict = {"options": asdict(opt), "passes": {}}
     if not opt.enabled:
-        return pm, report, pm
+        return DfqRun(pm, report, pm, pm)
     steps = [
         ("fold", opt.fold, lambda m: fold_batchnorm(m)),
         ("relu6_to_relu", opt.relu6_to_relu, lambda m: replace_relu6(m)),
@@ -71,7 +83,7 @@ def run_dfq_with_reference(pm: PlainModel, options: DfqOptions | None = None,
         ("bias_correction", opt.bias_correction,
          lambda m: correct_bias(m, opt.weights, opt.orbit_agnostic, inputs)),
     ]
-    reference = pm
+    reference = folded = pm
     for name, on, fn in steps:
         if name == "bias_correction":
             reference = pm
@@ -82,4 +94,6 @@ def run_dfq_with_reference(pm: PlainModel, options: DfqOptions | None = None,
         pm, rep = fn(pm)
         rep["seconds"] = round(time.perf_counter() - t0, 3)
         report["passes"][name] = rep
-    return pm, report, reference
+        if name == "fold":
+            folded = pm
+    return DfqRun(pm, report, reference, folded)

@@ -1,4 +1,5 @@
-"""Deploy targets by name; each module has ``emit(plain, path, batch) -> dict`` (artifact info).
+"""Deploy targets by name; each module has ``emit(plain, path, batch) -> dict`` (artifact info),
+``emit_int8(plain, qp, path, batch, ...)`` and ``emit_pair`` (INT8 + its FP32 counterpart).
 
 Targets import their converters lazily, so listing them costs nothing.
 """

@@ -219,30 +219,25 @@ class _Reader:
         pass
 
 
-def fp32_model(plain: PlainModel, batch: int = 1, fp32: str | Path | None = None
+def fp32_model(plain: PlainModel, batch: int = 1,
+               fp32: str | Path | onnx.ModelProto | None = None
                ) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The FP32 ONNX model and plain node -> ONNX value.
 
-    ``fp32``: a file ``onnx_target.emit(plain, fp32, batch)`` wrote (reused, saving the
-    exporter's ~5 s); else the model is exported here the same way.
+    ``fp32``: a file ``onnx_target.emit(plain, fp32, batch)`` wrote, or the proto of
+    ``onnx_target.reweighted`` (reused, saving the exporter's seconds); else the model is
+    exported here the same way.
     """
-    import torch
-
-    from eqdeploy.targets.onnx_target import OPSET
+    from eqdeploy.targets.onnx_target import export
 
     static = plain.static_program(batch)
-    if fp32 is not None:
-        model = onnx.load(str(fp32))
+    if fp32 is None:
+        model = export(plain, batch).model_proto
+    else:
+        model = fp32 if isinstance(fp32, onnx.ModelProto) else onnx.load(str(fp32))
         dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
         if not dims or dims[0] != batch:
-            raise ValueError(f"{fp32} has input shape {dims}, expected batch {batch}")
-    else:
-        example = plain.example[:1].repeat(batch, 1, 1, 1)
-        with contextlib.redirect_stdout(io.StringIO()):
-            program = torch.onnx.export(static, (example,), dynamo=True, external_data=False,
-                                        opset_version=OPSET, input_names=["input"],
-                                        output_names=["output"])
-        model = program.model_proto
+            raise ValueError(f"the FP32 ONNX has input shape {dims}, expected batch {batch}")
     by_static = onnx_value_names(model)
     names = {p: by_static[s] for p, s in static_names(plain, static).items() if s in by_static}
     return model, names
@@ -263,7 +258,7 @@ def _check_reduce_range(plain: PlainModel, qp: QuantParams, layers: list[str]) -
 
 def emit_int8(plain: PlainModel, qp: QuantParams, path: str | Path, batch: int = 1,
               reduce_range: bool | None = None, options: OrtInt8Options | None = None,
-              fp32: str | Path | None = None, **kw) -> dict:
+              fp32: str | Path | onnx.ModelProto | None = None, **kw) -> dict:
     """Write ``plain`` (BN folded) as a QDQ INT8 ONNX model carrying exactly ``qp``.
 
     Float input and output (QuantizeLinear after the input, DequantizeLinear before the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import time
 from pathlib import Path
 
 import onnx
@@ -16,15 +17,21 @@ from eqdeploy.spec import SCHEMA
 OPSET = 18
 
 
-def emit(plain: PlainModel, path: Path, batch: int = 1) -> dict:
-    """Write ``plain`` as a single-file ONNX model with a fixed batch size."""
+def export(plain: PlainModel, batch: int = 1) -> torch.onnx.ONNXProgram:
+    """``plain`` through torch.onnx (dynamo, opset ``OPSET``) at a fixed batch size."""
     static = plain.static_program(batch)
     example = plain.example[:1].repeat(batch, 1, 1, 1)
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress lines
-        program = torch.onnx.export(static, (example,), dynamo=True,
-                                    external_data=False, opset_version=OPSET,
-                                    input_names=["input"], output_names=["output"])
-    model = program.model_proto
+        return torch.onnx.export(static, (example,), dynamo=True, external_data=False,
+                                 opset_version=OPSET, input_names=["input"],
+                                 output_names=["output"])
+
+
+def emit(plain: PlainModel, path: Path, batch: int = 1,
+         program: torch.onnx.ONNXProgram | None = None) -> dict:
+    """Write ``plain`` as a single-file ONNX model with a fixed batch size (``program``:
+    its ``export`` if already made)."""
+    model = (program or export(plain, batch)).model_proto  # a fresh proto on every access
     strip_exporter_metadata(model)
     add_manifest(model, plain.spec.dumps())
     onnx.checker.check_model(model)
@@ -75,10 +82,12 @@ ORT_WEIGHTS = {  # --ort-weights -> ONNX weight type, ORT kernel, why
 }
 
 
-def emit_int8(plain: PlainModel, qp, path: Path, batch: int = 1, fp32: Path | None = None,
-              float_io: bool = True, ort_weights: str = "u8") -> dict:
+def emit_int8(plain: PlainModel, qp, path: Path, batch: int = 1,
+              fp32: Path | onnx.ModelProto | None = None, float_io: bool = True,
+              ort_weights: str = "u8") -> dict:
     """QDQ ONNX with the given parameter set, run by ORT's integer kernels (``onnx_int8``);
-    ``fp32``: this model's FP32 ONNX if already written (saves an export). QDQ models take
+    ``fp32``: this model's FP32 ONNX (file or unstripped ``export`` proto) if already made
+    (saves an export). QDQ models take
     and return float32 (their first QuantizeLinear and last DequantizeLinear are the
     integer boundary), so ``float_io`` changes nothing here."""
     from eqdeploy.targets.onnx_int8 import compare_qparams, float_ops_of, optimized_ops
@@ -94,3 +103,48 @@ def emit_int8(plain: PlainModel, qp, path: Path, batch: int = 1, fp32: Path | No
                             "report this model to eqdeploy")
     ran = optimized_ops(path)  # the graph ORT runs after its QDQ fusions
     return {**info, "ort_ops": ran, "float_compute_ops": float_ops_of(ran)}
+
+
+def reweighted(program: torch.onnx.ONNXProgram, exported_from: PlainModel, plain: PlainModel
+               ) -> onnx.ModelProto | None:
+    """``program`` (the ``export`` of ``exported_from``) carrying ``plain``'s parameters
+    (``ONNXProgram.apply_weights``), or None where that would not be ``plain``'s export:
+    other ops, other parameter names or shapes, or a float initializer the exporter computed
+    from parameters (a folded constant a new value would leave stale). Mutates ``program``."""
+    a, b = exported_from.program, plain.program
+    if a.graph_module.code != b.graph_module.code:
+        return None
+    old, new = _parameters(a), _parameters(b)
+    if old.keys() != new.keys() or any(old[k].shape != new[k].shape for k in old):
+        return None
+    inits = program.model.graph.initializers
+    if any(name not in new and init.dtype is not None and init.dtype.is_floating_point()
+           for name, init in inits.items()):
+        return None
+    program.apply_weights({k: v.detach() for k, v in new.items() if k in inits})
+    return program.model_proto
+
+
+def _parameters(program: torch.export.ExportedProgram) -> dict[str, torch.Tensor]:
+    tensors = {k: v for k, v in program.constants.items() if isinstance(v, torch.Tensor)}
+    return {**program.state_dict, **tensors}
+
+
+def emit_pair(quant: PlainModel, qp, path: Path, fp32_plain: PlainModel, fp32_path: Path,
+              batch: int = 1, float_io: bool = True, ort_weights: str = "u8"
+              ) -> tuple[dict, dict]:
+    """The INT8 artifact of ``quant`` and the FP32 counterpart ``fp32_plain`` from one
+    torch.onnx export where DFQ changed only values (``reweighted``): the counterpart is
+    exported and written, then given ``quant``'s parameters and quantized; else two exports.
+    Returns (INT8 info, FP32 info), each with its ``seconds``."""
+    t = time.perf_counter()
+    program = export(fp32_plain, batch)
+    info32 = emit(fp32_plain, fp32_path, batch, program=program)
+    info32["seconds"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    shared = reweighted(program, fp32_plain, quant)
+    info = emit_int8(quant, qp, path, batch, fp32=shared, float_io=float_io,
+                     ort_weights=ort_weights)
+    info["fp32_export_shared"] = shared is not None
+    info["seconds"] = round(time.perf_counter() - t, 2)
+    return info, info32

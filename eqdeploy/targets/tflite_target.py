@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
+import time
 from pathlib import Path
 
 import flatbuffers
@@ -90,3 +91,17 @@ def emit_int8(plain: PlainModel, qp, path: Path, batch: int = 1, fp32: Path | No
     from eqdeploy.targets.tflite_int8 import emit_int8 as _emit_int8
 
     return _emit_int8(plain, qp, path, batch, float_io=float_io)
+
+
+def emit_pair(quant: PlainModel, qp, path: Path, fp32_plain: PlainModel, fp32_path: Path,
+              batch: int = 1, float_io: bool = False) -> tuple[dict, dict]:
+    """The INT8 artifact of ``quant`` and the FP32 counterpart ``fp32_plain`` (two
+    conversions: litert-torch takes the graph, not a model to re-weight). Returns (INT8
+    info, FP32 info), each with its ``seconds``."""
+    t = time.perf_counter()
+    info = emit_int8(quant, qp, path, batch, float_io=float_io)
+    info["seconds"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    info32 = emit(fp32_plain, fp32_path, batch)
+    info32["seconds"] = round(time.perf_counter() - t, 2)
+    return info, info32
