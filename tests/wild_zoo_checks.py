@@ -37,7 +37,11 @@ NO_INTEGER_KERNEL = {"onnxruntime": {"Elu": {"Elu"}},
 FLOAT_ACTIVATIONS = {"Elu", "Sigmoid", "Tanh", "Softplus", "Exp", "Erf", "HardSigmoid"}
 
 
-__all__ = ["test_fp32_artifacts_match_the_source",
+# every zoo file converts its models end to end: the full suite (CI) runs them, quick runs
+# (-m "not slow") do not
+pytestmark = pytest.mark.slow
+
+__all__ = ["pytestmark", "test_fp32_artifacts_match_the_source",
            "test_int8_outputs_unchanged_under_every_exact_element",
            "test_int8_top1_agrees_with_fp32", "test_int8_runs_in_integers", "zoo_fixture_for"]
 

@@ -109,8 +109,10 @@ def reweighted(program: torch.onnx.ONNXProgram, exported_from: PlainModel, plain
                ) -> onnx.ModelProto | None:
     """``program`` (the ``export`` of ``exported_from``) carrying ``plain``'s parameters
     (``ONNXProgram.apply_weights``), or None where that would not be ``plain``'s export:
-    other ops, other parameter names or shapes, or a float initializer the exporter computed
-    from parameters (a folded constant a new value would leave stale). Mutates ``program``."""
+    other ops, other parameter names or shapes, a parameter without its own initializer (the
+    exporter merges equal ones, which DFQ may make differ), or a float initializer the
+    exporter computed from parameters (a new value would leave it stale). Mutates
+    ``program``."""
     a, b = exported_from.program, plain.program
     if a.graph_module.code != b.graph_module.code:
         return None
@@ -118,10 +120,12 @@ def reweighted(program: torch.onnx.ONNXProgram, exported_from: PlainModel, plain
     if old.keys() != new.keys() or any(old[k].shape != new[k].shape for k in old):
         return None
     inits = program.model.graph.initializers
+    if any(k not in inits for k in new):  # unused, or merged with an equal one: unknown
+        return None
     if any(name not in new and init.dtype is not None and init.dtype.is_floating_point()
            for name, init in inits.items()):
         return None
-    program.apply_weights({k: v.detach() for k, v in new.items() if k in inits})
+    program.apply_weights({k: v.detach() for k, v in new.items()})
     return program.model_proto
 
 
