@@ -171,7 +171,9 @@ def test_without_views_the_squeezed_stack_has_no_channel_permutation(kernel_rot)
     assert perm is not None and perm.reshape(-1, ORDER).tolist()[0] == [3, 0, 1, 2]
 
 
-@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize(
+    "bias", [pytest.param(False, marks=pytest.mark.slow), True]  # the biased one in quick runs
+)
 def test_kernel_rotating_cnn_converts_in_both_targets(bias, kernel_rot, tmp_path):
     """FP32 in both targets; the bias variant as INT8 TFLite (its FP32 twin beside it),
     which stopped with 'no weight scales for layer add' before the bias was folded."""

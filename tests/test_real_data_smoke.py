@@ -3,7 +3,8 @@
 Runs on small IDX files written here in the Fashion-MNIST format (the Debian package is not
 needed): 256 training and 100 test images, one epoch, the e2cnn C4 model; one eqdeploy INT8
 conversion (ONNX + TFLite), the stock paths, latency, RESULTS.md + JSON + PNG. Nothing here
-depends on the benchmark's published results.
+depends on the benchmark's published results. The tests of the run are slow (about 30 s); the
+quick suite keeps the pure ones.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def _row(results, variant, runtime):
     return rows[0]
 
 
+@pytest.mark.slow
 def test_rows_measure_every_path(smoke):
     _, results, _, _ = smoke
     fp32 = _row(results, "FP32", "torch")
@@ -79,6 +81,7 @@ def test_rows_measure_every_path(smoke):
         assert r["n"] == 100 and np.isfinite(r["interp_err_mean"])
 
 
+@pytest.mark.slow
 def test_cost_latency_and_files(smoke):
     _, results, paths, _ = smoke
     entry = results["models"]["fashion_mnist/e2cnn_c4"]
@@ -98,6 +101,7 @@ def test_cost_latency_and_files(smoke):
         json.dumps(results["rows"], default=str))
 
 
+@pytest.mark.slow
 def test_training_is_cached(smoke):
     cfg, _, _, tmp = smoke
     ds = data.load_fashion_mnist(cfg.size, cfg.fashion_train, cfg.fashion_dir)

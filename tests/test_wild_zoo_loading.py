@@ -52,7 +52,9 @@ def test_patch_waits_for_e2cnn_and_applies_on_its_import(tmp_path):
     assert proc.stdout.strip() == "True"
 
 
-@pytest.mark.parametrize("how", ["dill", "state_dict"])
+@pytest.mark.parametrize(
+    "how", [pytest.param("dill", marks=pytest.mark.slow), "state_dict"]  # one in quick runs
+)
 def test_d4_e2cnn_model_loads_and_converts_fp32_in_a_fresh_process(how, wrn_d4, tmp_path):
     """Issue 11 item 4: both failed with ``'numpy.ndarray' object has no attribute
     'tostring'`` in e2cnn's basis ``__hash__``."""
